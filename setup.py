@@ -1,0 +1,35 @@
+"""Package metadata for `llm`: a JAX-first language-model training pipeline."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="llm",
+    version="0.1.0",
+    description="The whole language-model training pipeline in one small JAX package.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["llm", "llm.*", "configs"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "grain>=0.2.18",
+        "sentencepiece>=0.2",
+        "ml_collections>=1.1",
+        "tensorboardX>=2.6",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "xxhash>=3.0",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8"],
+        # torch>=2.4,<2.14 is met by the CPU build 2.13.0 kept on the dev machines; a bare
+        # `torch` would pull the multi-GB CUDA build.
+        "hf": ["torch>=2.4,<2.14", "transformers>=4.45", "tokenizers>=0.20"],
+        "gpu": ["jax[cuda12]>=0.10.2"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "wandb": ["wandb>=0.17"],
+        "data": ["pyarrow>=15", "zstandard>=0.22", "ftfy>=6.2", "ray>=2.30"],
+    },
+)
