@@ -1,0 +1,19 @@
+"""Tasks by name: `config.task` picks one; each lives in its own file here."""
+
+from __future__ import annotations
+
+import difflib
+
+from llm.train.task import Task
+
+
+def get_task(name: str) -> type[Task]:
+    """The Task class registered under `name`."""
+    from llm.train.pretrain import PretrainTask
+
+    tasks: dict[str, type[Task]] = {"pretrain": PretrainTask}
+    if name not in tasks:
+        close = difflib.get_close_matches(name, tasks, n=2)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"task={name!r}: unknown task{hint}; known: {', '.join(tasks)}")
+    return tasks[name]

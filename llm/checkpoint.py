@@ -1,0 +1,229 @@
+"""Orbax checkpoints holding {state, data iterator, loop state, config}; model loading.
+
+Each step is written to a temporary directory and committed by an atomic rename (orbax), so
+a killed run leaves at worst an uncommitted temporary directory, which orbax never lists.
+A committed step whose files are missing or truncated is reported and skipped in favour of
+the previous one. Parameters are stored as plain nested dicts with string keys, so a
+checkpoint does not depend on flax's container classes and restores onto any mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from orbax.checkpoint._src.path import atomicity
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or `init_from` path that cannot be used; the message names it."""
+
+
+def to_saveable(tree: Any) -> Any:
+    """nnx.State / nested dicts → plain dicts with string keys (lists become dicts)."""
+    if isinstance(tree, nnx.State):
+        tree = nnx.to_pure_dict(tree)
+    if isinstance(tree, dict):
+        return {str(k): to_saveable(v) for k, v in tree.items()}
+    return tree
+
+
+def from_saveable(template: Any, saved: Any) -> Any:
+    """Inverse of `to_saveable` onto `template` (an nnx.State or pure dict)."""
+    if isinstance(template, nnx.State):
+        pure = nnx.to_pure_dict(template)
+        restored = _rekey(pure, saved)
+        state = jax.tree.map(lambda x: x, template)
+        nnx.replace_by_pure_dict(state, restored)
+        return state
+    return _rekey(template, saved)
+
+
+def _rekey(template: Any, saved: Any) -> Any:
+    if isinstance(template, dict):
+        return {k: _rekey(v, saved[str(k)]) for k, v in template.items()}
+    return saved
+
+
+def _crash_path_class(crash_step: int) -> type:
+    """Test-only fault injection: die after a step's files are written, before its commit."""
+
+    class CrashBeforeCommit(atomicity.AtomicRenameTemporaryPath):
+        async def finalize(self, *args, **kwargs):
+            if self.get_final().name == str(crash_step):
+                os._exit(137)  # as SIGKILL would, with the temporary directory complete
+            return await super().finalize(*args, **kwargs)
+
+    return CrashBeforeCommit
+
+
+class Checkpointer:
+    """Saves and restores {state, data_iterator, loop, config} under `workdir/checkpoints`."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
+                 crash_before_commit_step: int = -1):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            temporary_path_class=(_crash_path_class(crash_before_commit_step)
+                                  if crash_before_commit_step >= 0 else None),
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        """Committed steps, oldest first."""
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, iterator: Any, loop_state: dict,
+             config: dict) -> None:
+        """Start an (async) save of everything needed to resume at `step`."""
+        import grain
+
+        items = dict(
+            state=ocp.args.PyTreeSave(to_saveable(state)),
+            loop=ocp.args.JsonSave(loop_state),
+            config=ocp.args.JsonSave(config),
+        )
+        if iterator is not None:
+            items["data_iterator"] = grain.checkpoint.CheckpointSave(iterator)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore_latest(self, template_state: Any, shardings: Any, iterator: Any
+                       ) -> tuple[int, Any, dict] | None:
+        """Restore the newest readable step (falling back past corrupt ones), or None."""
+        for step in reversed(self.steps()):
+            try:
+                return step, *self.restore(step, template_state, shardings, iterator)
+            except Exception as error:  # a corrupt step: report it, use the previous one
+                print(f"checkpoint {self.directory / str(step)} is unreadable "
+                      f"({type(error).__name__}: {str(error)[:200]}); trying an older one",
+                      flush=True)
+        return None
+
+    def restore(self, step: int, template_state: Any, shardings: Any, iterator: Any
+                ) -> tuple[Any, dict]:
+        """Restore one step onto `shardings` (any mesh); the iterator is restored in place."""
+        import grain
+
+        saved_template = to_saveable(template_state)
+        saved_shardings = to_saveable(shardings)
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            saved_template, saved_shardings)
+        items = dict(
+            state=ocp.args.PyTreeRestore(
+                abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
+            loop=ocp.args.JsonRestore(),
+        )
+        if iterator is not None:
+            items["data_iterator"] = grain.checkpoint.CheckpointRestore(iterator)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        _check_finite_shapes(abstract, restored["state"])
+        return from_saveable(template_state, restored["state"]), dict(restored["loop"])
+
+    def wait(self) -> None:
+        """Block until async saves are committed."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _check_finite_shapes(abstract: Any, restored: Any) -> None:
+    for a, r in zip(jax.tree.leaves(abstract), jax.tree.leaves(restored), strict=True):
+        if a.shape != r.shape:
+            raise CheckpointError(f"restored shape {r.shape} does not match expected {a.shape}")
+
+
+# ----------------------------------------------------------------------------------------
+# Loading a model for inference, fine-tuning (`init_from`) or export.
+# ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model restored from a workdir, a checkpoint step directory or `hf:DIR`."""
+
+    model_cfg: Any
+    graphdef: Any
+    params: Any
+    tokenizer_dir: pathlib.Path | None
+    config: dict | None = None
+
+
+def resolve_step_dir(init_from: str) -> pathlib.Path:
+    """A workdir (its newest committed step) or a `checkpoints/<step>` directory."""
+    path = pathlib.Path(init_from)
+    if not path.exists():
+        raise CheckpointError(f"init_from={init_from!r}: no such directory")
+    if (path / "checkpoints").is_dir():
+        steps = sorted(int(p.name) for p in (path / "checkpoints").iterdir()
+                       if p.name.isdigit() and (p / "state").is_dir())
+        if not steps:
+            raise CheckpointError(f"init_from={init_from!r}: the workdir has no checkpoint")
+        return path / "checkpoints" / str(steps[-1])
+    if (path / "state").is_dir():
+        return path
+    raise CheckpointError(
+        f"init_from={init_from!r}: expected a training workdir, a checkpoints/<step> "
+        "directory or hf:DIR")
+
+
+def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
+               rules: dict | None = None,
+               model_overrides: dict | None = None) -> LoadedModel:
+    """Parameters (only) from a workdir, `checkpoints/<step>` or `hf:DIR`, sharded on `mesh`."""
+    from llm import sharding
+    from llm.model import ModelConfig, Transformer
+
+    if init_from.startswith("hf:"):
+        from llm import hf
+
+        model_cfg, graphdef, params, tokenizer_dir = hf.import_hf(init_from[3:], mesh=mesh)
+        return LoadedModel(model_cfg, graphdef, params, tokenizer_dir)
+    step_dir = resolve_step_dir(init_from)
+    config_file = step_dir / "config" / "metadata"
+    if not config_file.exists():
+        raise CheckpointError(f"{step_dir}: the checkpoint holds no config")
+    config = json.loads(config_file.read_text())
+    values = {k: v for k, v in config["model"].items() if k != "size"}
+    values.update(model_overrides or {})
+    model_cfg = ModelConfig.from_dict(values)
+    mesh = mesh or sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg,
+                                                                      nnx.Rngs(0))))
+    params_template = nnx.state(abstract, nnx.Param) if False else abstract
+    shardings = sharding.state_shardings(params_template, mesh, rules)
+    saved = to_saveable(params_template)
+    target = {"params": jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), saved,
+        to_saveable(shardings))}
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        restored = checkpointer.restore(
+            step_dir / "state", args=ocp.args.PyTreeRestore(
+                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))
+    except Exception as error:
+        raise CheckpointError(f"{step_dir}: cannot restore parameters for this model "
+                              f"({type(error).__name__}: {str(error)[:300]})") from error
+    params = from_saveable(params_template, restored["params"])
+    workdir = step_dir.parent.parent
+    tokenizer_dir = workdir / "tokenizer" if (workdir / "tokenizer").is_dir() else None
+    return LoadedModel(model_cfg, graphdef, params, tokenizer_dir, config)
+
+
+Restorer = Callable[..., Any]

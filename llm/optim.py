@@ -1,0 +1,93 @@
+"""The optax chain built from `config.optim`: schedule, clipping, decay mask, optimiser.
+
+Gradient accumulation is not optax.MultiSteps here: MultiSteps averages per-micro-batch
+means, which weights a micro-batch with few target tokens as much as a full one. The train
+step instead sums micro-batch losses and gradients in a `lax.scan` and divides once by the
+update's total target-token count (llm/train/loop.py), so k micro-batches give exactly the
+update of one batch of the same size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import optax
+
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
+SCHEDULES = ("cosine", "linear", "wsd", "constant")
+NO_DECAY_NAMES = ("bias", "scale", "embed", "pos_embed", "prefix_gate")
+
+
+class OptimConfigError(ValueError):
+    """An optimiser or schedule setting that is out of range."""
+
+
+def schedule(optim: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+    """Learning rate per step: linear warmup then cosine / linear / WSD decay or constant."""
+    name, peak = optim["schedule"], float(optim["lr"])
+    warmup = int(optim["warmup_steps"])
+    floor = peak * float(optim["min_lr_ratio"])
+    if name not in SCHEDULES:
+        raise OptimConfigError(f"optim.schedule={name!r}: expected one of {SCHEDULES}")
+    if warmup < 0 or total_steps <= 0:
+        raise OptimConfigError("optim.warmup_steps must be >= 0 and total_steps > 0")
+    warmup = min(warmup, total_steps)
+    ramp = optax.linear_schedule(0.0 if warmup else peak, peak, max(warmup, 1))
+    rest = max(total_steps - warmup, 1)
+    if name == "constant":
+        after = optax.constant_schedule(peak)
+    elif name == "cosine":
+        after = optax.cosine_decay_schedule(peak, rest, alpha=floor / peak if peak else 0.0)
+    elif name == "linear":
+        after = optax.linear_schedule(peak, floor, rest)
+    else:  # warmup-stable-decay: hold the peak, then decay linearly over the last fraction
+        fraction = float(optim["decay_fraction"])
+        if not 0.0 < fraction <= 1.0:
+            raise OptimConfigError(f"optim.decay_fraction={fraction}: expected (0, 1]")
+        decay = max(int(round(rest * fraction)), 1)
+        after = optax.join_schedules(
+            [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)],
+            [rest - decay])
+    return optax.join_schedules([ramp, after], [warmup])
+
+
+def decay_mask(params: Any) -> Any:
+    """True where weight decay applies: not on norms, biases, embeddings or gates."""
+    def keep(path, _):
+        names = {str(getattr(p, "key", getattr(p, "name", p))) for p in path}
+        return not names.intersection(NO_DECAY_NAMES)
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(optim: Mapping[str, Any], total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The full optax chain and its learning-rate schedule."""
+    name = optim["name"]
+    if name not in OPTIMIZERS:
+        raise OptimConfigError(f"optim.name={name!r}: expected one of {OPTIMIZERS}")
+    if float(optim["lr"]) < 0:
+        raise OptimConfigError(f"optim.lr={optim['lr']}: expected >= 0")
+    if int(optim["grad_accum"]) < 1:
+        raise OptimConfigError(f"optim.grad_accum={optim['grad_accum']}: expected >= 1")
+    lr = schedule(optim, total_steps)
+    mask = decay_mask if optim["decay_mask"] == "default" else None
+    if optim["decay_mask"] not in ("default", "all"):
+        raise OptimConfigError(
+            f"optim.decay_mask={optim['decay_mask']!r}: expected 'default' or 'all'")
+    wd = float(optim["weight_decay"])
+    if name == "adamw":
+        core = optax.adamw(lr, b1=optim["b1"], b2=optim["b2"], eps=optim["eps"],
+                           weight_decay=wd, mask=mask)
+    elif name == "adafactor":
+        core = optax.adafactor(lr, weight_decay_rate=wd or None, weight_decay_mask=mask,
+                               multiply_by_parameter_scale=False)
+    else:
+        core = optax.chain(optax.add_decayed_weights(wd, mask), optax.sgd(lr))
+    parts = []
+    if float(optim["clip_norm"]) > 0:
+        parts.append(optax.clip_by_global_norm(float(optim["clip_norm"])))
+    parts.append(core)
+    return optax.chain(*parts), lr

@@ -1,0 +1,362 @@
+"""The one training loop: every task (pretrain, SFT, reward, DPO, PPO, GRPO) runs here.
+
+Read top to bottom: workdir → mesh → task and data → model and optimiser (born sharded,
+or restored) → jitted step → loop (dispatch step N+1 before reading step N's metrics;
+checkpoint, evaluate, early-stop, preemption) → final save.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import xxhash
+from flax import nnx
+
+from llm import config as config_lib
+from llm import metrics as metrics_lib
+from llm import optim, sharding
+from llm.checkpoint import Checkpointer, CheckpointError, load_model
+from llm.model import ModelConfig
+from llm.train import state as state_lib
+from llm.train.task import Task
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite loss, changed config on resume, ...)."""
+
+
+def batch_hash(batch: dict) -> str:
+    """Stable hash of a batch's array contents (xxh3, key order fixed)."""
+    h = xxhash.xxh3_64()
+    for key in sorted(batch):
+        value = np.asarray(batch[key])
+        if value.dtype.kind in "iufb":
+            h.update(key.encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag that the loop checks at each step boundary."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        print(f"received signal {signum}: saving a checkpoint at the next step boundary",
+              flush=True)
+        self.raised = True
+
+    def agreed(self) -> bool:
+        """True on every process if any process was signalled (so all stop together)."""
+        if jax.process_count() == 1:
+            return self.raised
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array([self.raised]))
+        return bool(np.any(flags))
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_batch_divisibility(config: ml_collections.ConfigDict, mesh) -> None:
+    accum = int(config.optim.grad_accum)
+    if config.batch_size <= 0 or config.batch_size % accum:
+        raise config_lib.ConfigError(
+            f"batch_size={config.batch_size}: expected a positive multiple of "
+            f"optim.grad_accum={accum}")
+    micro = config.batch_size // accum
+    divisor = sharding.batch_divisor(mesh)
+    if micro % divisor:
+        raise config_lib.ConfigError(
+            f"batch_size={config.batch_size}: each micro-batch ({micro} rows) must divide "
+            f"over the mesh's data x fsdp = {divisor} devices")
+
+
+def _resolve_model_config(config: ml_collections.ConfigDict, vocab_size: int | None
+                          ) -> ModelConfig:
+    if vocab_size and vocab_size != config.model.vocab_size:
+        print(f"model.vocab_size {config.model.vocab_size} -> {vocab_size} (the tokenizer's)")
+        config.model.vocab_size = vocab_size
+    if config.seq_len > config.model.max_seq_len:
+        raise config_lib.ConfigError(
+            f"seq_len={config.seq_len}: longer than model.max_seq_len={config.model.max_seq_len}")
+    values = {k: v for k, v in config.model.items() if k != "size"}
+    return ModelConfig.from_dict(values)
+
+
+def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[str, Any]:
+    """Run (or resume) training in `config.workdir`; returns the final metrics."""
+    # ---------------------------------------------------------------- workdir and config
+    if not config.workdir:
+        raise config_lib.ConfigError("--config.workdir: required (where checkpoints go)")
+    workdir = pathlib.Path(config.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    sharding.maybe_initialize_distributed()
+    is_primary = jax.process_index() == 0
+    if task is None:
+        from llm.train import get_task
+
+        task = get_task(config.task)(config)
+
+    # ---------------------------------------------------------------- mesh
+    mesh = sharding.make_mesh(dict(config.mesh.shape))
+    rules = {k: (v or None) for k, v in config.mesh.rules.items()}
+    _check_batch_divisibility(config, mesh)
+
+    # ---------------------------------------------------------------- data
+    with config.unlocked():
+        train_data, eval_data = task.datasets(config, mesh, workdir)
+        model_cfg = _resolve_model_config(config, train_data.vocab_size)
+        total_steps = int(config.total_steps)
+        if config.num_epochs and train_data.batches_per_epoch:
+            total_steps = int(config.num_epochs) * train_data.batches_per_epoch
+            config.total_steps = total_steps
+    if total_steps <= 0:
+        raise config_lib.ConfigError(f"total_steps={total_steps}: expected > 0")
+    resolved = json.loads(config_lib.to_json(config))
+    _copy_tokenizer(train_data.tokenizer_dir, workdir, is_primary)
+
+    # ---------------------------------------------------------------- model and optimiser
+    tx, schedule = optim.make_optimizer(config.optim, total_steps)
+    graphdef, params, frozen = _build_params(task, model_cfg, config, mesh, rules)
+    state = jax.jit(lambda p: state_lib.new_state(p, tx, config.seed))(params)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+
+    # ---------------------------------------------------------------- checkpoint / resume
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
+                                async_save=config.checkpoint.async_save,
+                                crash_before_commit_step=config.debug.crash_before_commit_step)
+    train_iter = train_data.make_iterator()
+    loop_state = {"best_eval_loss": None, "evals_since_best": 0, "tokens_seen": 0}
+    restored = _maybe_resume(checkpointer, workdir, resolved, state, state_shardings,
+                             train_iter)
+    start_step = 0
+    if restored is not None:
+        start_step, state, loop_state = restored
+        print(f"resumed from {workdir / 'checkpoints' / str(start_step)}", flush=True)
+    if is_primary:
+        (workdir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    writer = metrics_lib.MetricsWriter(workdir, start_step, config.log, is_primary, resolved)
+
+    # ---------------------------------------------------------------- jitted steps
+    use_dropout = any(getattr(model_cfg, k) > 0 for k in ("embed_dropout", "attn_dropout",
+                                                           "resid_dropout"))
+    step_fn = state_lib.make_train_step(
+        task, graphdef, tx, schedule, grad_accum=int(config.optim.grad_accum),
+        use_dropout=use_dropout, skip_spikes=bool(config.train.skip_spikes),
+        spike_sigma=float(config.train.spike_sigma),
+        spike_warmup=int(config.train.spike_warmup), spike_decay=float(config.train.spike_decay),
+        inject_nan_step=int(config.debug.inject_nan_step))
+    replicated = sharding.replicated(mesh)
+    train_step = jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, None),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+    eval_step = jax.jit(state_lib.make_eval_step(task, graphdef),
+                        out_shardings=replicated)
+
+    flops_per_token = metrics_lib.train_flops_per_token(model_cfg, config.seq_len)
+    peak_flops, _ = metrics_lib.device_peak_flops()
+
+    # ---------------------------------------------------------------- loop
+    stop = _StopFlag()
+    stop.install()
+    pending = None  # (step, device metrics, batch hash, tokens, dispatch time)
+    last_read = time.perf_counter()
+    first_step = start_step
+    final_metrics: dict[str, Any] = {}
+    stopped_early = False
+    step = last_saved = start_step
+    has_prepare = type(task).prepare is not Task.prepare
+    try:
+        while step < total_steps:
+            host_batch = next(train_iter, None)
+            if host_batch is None:
+                print("training data exhausted", flush=True)
+                break
+            digest = batch_hash(host_batch)
+            batch = sharding.place_batch(host_batch, mesh)
+            if has_prepare:
+                batch = task.prepare(nnx.merge(graphdef, state["params"], frozen), batch,
+                                     jax.random.fold_in(state["rng"], step + 1_000_003))
+            tokens = int(np.prod(np.shape(host_batch[task.tokens_key]))) * jax.process_count()
+            state, device_metrics = train_step(state, frozen, batch)
+            step += 1
+            if pending is not None:  # read step N-1 while step N runs
+                last_read = _report(pending, writer, config, total_steps, first_step,
+                                    last_read, flops_per_token, peak_flops, final_metrics)
+            pending = (step, device_metrics, digest, tokens)
+            at_checkpoint = step % config.checkpoint.every_steps == 0 or step == total_steps
+            at_eval = eval_data is not None and config.eval.every_steps > 0 and (
+                step % config.eval.every_steps == 0 or step == total_steps)
+            preempted = stop.agreed()
+            if at_checkpoint or at_eval or preempted:
+                last_read = _report(pending, writer, config, total_steps, first_step,
+                                    last_read, flops_per_token, peak_flops, final_metrics)
+                pending = None
+            if at_eval:
+                eval_metrics = _evaluate(eval_step, state["params"], frozen, eval_data, mesh,
+                                         config, task)
+                eval_metrics.update(task.evaluate(nnx.merge(graphdef, state["params"],
+                                                            frozen), step))
+                writer.write(step, eval_metrics)
+                final_metrics.update(eval_metrics)
+                print(" | ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
+                stopped_early = _early_stop(loop_state, eval_metrics, config)
+            loop_state["tokens_seen"] += tokens
+            if at_checkpoint or preempted or stopped_early:
+                checkpointer.save(step, state, train_iter, dict(loop_state), resolved)
+                last_saved = step
+            if preempted:
+                print(f"stopping at step {step} after a signal; checkpoint saved", flush=True)
+                break
+            if stopped_early:
+                print(f"early stopping at step {step}: no eval improvement in "
+                      f"{config.eval.patience} evaluations", flush=True)
+                break
+        if pending is not None:
+            _report(pending, writer, config, total_steps, first_step, last_read,
+                    flops_per_token, peak_flops, final_metrics)
+        if step > last_saved:
+            checkpointer.save(step, state, train_iter, dict(loop_state), resolved)
+    finally:
+        stop.restore()
+        checkpointer.close()
+        writer.close()
+    final_metrics["step"] = step
+    return final_metrics
+
+
+def _build_params(task: Task, model_cfg: ModelConfig, config, mesh, rules):
+    """(graphdef, trainable params, frozen rest), born sharded or loaded from init_from."""
+    def create():
+        return task.build_model(model_cfg, nnx.Rngs(params=config.seed))
+
+    graphdef, full = sharding.init_sharded(create, mesh, rules)
+    if config.init_from:
+        loaded = load_model(config.init_from, mesh, rules)
+        if loaded.model_cfg.vocab_size != model_cfg.vocab_size:
+            raise CheckpointError(
+                f"init_from={config.init_from}: its vocabulary ({loaded.model_cfg.vocab_size})"
+                f" differs from this run's ({model_cfg.vocab_size})")
+        _overwrite_base(full, loaded.params, config.init_from)
+    model = nnx.merge(graphdef, full)
+    graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
+    return graphdef, params, frozen
+
+
+def _overwrite_base(full: nnx.State, loaded: nnx.State, where: str) -> None:
+    """Copy loaded base weights into a (possibly adapter-extended) fresh state."""
+    target = nnx.to_flat_state(full)
+    source = dict(nnx.to_flat_state(loaded))
+    for path, variable in target:
+        if path in source:
+            if source[path].shape != variable.shape:
+                raise CheckpointError(f"init_from={where}: {'/'.join(map(str, path))} has "
+                                      f"shape {source[path].shape}, expected {variable.shape}")
+            variable.set_value(source[path][...])
+
+
+def _maybe_resume(checkpointer, workdir, resolved, state, state_shardings, train_iter):
+    if not checkpointer.steps():
+        return None
+    saved_config = workdir / "config.json"
+    if saved_config.exists():
+        changed = config_lib.changed_keys(json.loads(saved_config.read_text()), resolved)
+        if changed:
+            raise TrainingError(
+                f"{workdir} holds a run with a different config; changed keys: "
+                f"{', '.join(changed)}. Use a new workdir, or revert these keys.")
+    restored = checkpointer.restore_latest(state, state_shardings, train_iter)
+    if restored is None:
+        print("no readable checkpoint; starting from scratch", flush=True)
+    return restored
+
+
+def _report(pending, writer, config, total_steps, first_step, last_read, flops_per_token,
+            peak_flops, final_metrics) -> float:
+    """Read one step's metrics (blocking), stop on non-finite, log every N steps."""
+    step, device_metrics, digest, tokens = pending
+    values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    now = time.perf_counter()
+    if not values.pop("finite"):
+        raise TrainingError(
+            f"step {step}: non-finite loss ({values['loss']}) or gradient norm "
+            f"({values['grad_norm']}); the update was not applied and no checkpoint was "
+            "written after the last good one. Lower optim.lr or check the data.")
+    values.pop("weight", None)
+    elapsed = max(now - last_read, 1e-9)
+    values["tokens_per_s"] = tokens / elapsed
+    values["mfu"] = values["tokens_per_s"] * flops_per_token / peak_flops
+    values["step_time_s"] = elapsed
+    if "nll" in values:
+        values["perplexity"] = math.exp(min(values["nll"], 50.0))
+    final_metrics.update(values)
+    if step % config.log.every_steps == 0 or step == total_steps or step == first_step + 1:
+        writer.write(step, {**values, "batch_hash": digest})
+        eta = (total_steps - step) * elapsed
+        metrics_lib.print_progress(step, total_steps, values, eta)
+    return now
+
+
+def _evaluate(eval_step, params, frozen, eval_data, mesh, config, task) -> dict[str, float]:
+    iterator = eval_data.make_iterator()
+    sums: dict[str, float] = {}
+    for _ in range(int(config.eval.steps)):
+        host_batch = next(iterator, None)
+        if host_batch is None:
+            break
+        out = jax.device_get(eval_step(params, frozen, sharding.place_batch(host_batch, mesh)))
+        for key, value in out.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    if not sums:
+        return {}
+    metrics = task.eval_metrics(sums)
+    if "eval_nll" in metrics:
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_nll"], 50.0))
+    return metrics
+
+
+def _early_stop(loop_state: dict, eval_metrics: dict, config) -> bool:
+    if "eval_loss" not in eval_metrics:
+        return False
+    loss = eval_metrics["eval_loss"]
+    best = loop_state["best_eval_loss"]
+    if best is None or loss < best - config.eval.min_delta:
+        loop_state["best_eval_loss"], loop_state["evals_since_best"] = loss, 0
+        return False
+    loop_state["evals_since_best"] += 1
+    return config.eval.patience > 0 and loop_state["evals_since_best"] >= config.eval.patience
+
+
+def _copy_tokenizer(tokenizer_dir, workdir: pathlib.Path, is_primary: bool) -> None:
+    import shutil
+
+    if tokenizer_dir is None or not is_primary:
+        return
+    target = workdir / "tokenizer"
+    if pathlib.Path(tokenizer_dir).resolve() == target.resolve():
+        return
+    if not target.exists():
+        shutil.copytree(tokenizer_dir, target)
+
+
+def jnp_finite(x: Any) -> bool:
+    """True when every leaf of a pytree is finite (host check used by tests)."""
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(x))

@@ -1,0 +1,64 @@
+"""Pretraining task: next-token cross-entropy on packed windows with segment ids."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import ml_collections
+
+from llm import losses
+from llm.model import Transformer
+from llm.train.task import DataSource, Task
+
+
+def prepared_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+    """`data.path` as a prepared directory: used as is, or raw inputs prepared into workdir."""
+    from llm.data import prepare as prepare_lib
+
+    path = config.data.path
+    if not path:
+        raise ValueError("--config.data.path: required (raw text/JSONL/Parquet inputs or a "
+                         "prepared dataset directory)")
+    if not pathlib.Path(path).exists():
+        raise ValueError(f"--config.data.path={path}: no such file or directory")
+    if prepare_lib.is_prepared(path):
+        return pathlib.Path(path)
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.inputs = path
+    data.output_dir = str(workdir / "data")
+    return prepare_lib.prepare(data)
+
+
+class PretrainTask(Task):
+    """Causal LM on packed token windows."""
+
+    name = "pretrain"
+
+    def datasets(self, config, mesh, workdir):
+        from llm.data import loaders
+        from llm.data.tokenizer import Tokenizer
+
+        prepared = prepared_dataset(config, workdir)
+        tokenizer = Tokenizer.load(prepared / "tokenizer")
+
+        def make(split: str, shuffle: bool, epochs):
+            return lambda: iter(loaders.pretrain_loader(
+                prepared, split, seq_len=config.seq_len,
+                batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+                num_epochs=epochs, shard_index=jax.process_index(),
+                shard_count=jax.process_count(), shuffle=shuffle))
+
+        epochs = config.num_epochs or None
+        train = DataSource(make("train", True, epochs), tokenizer_dir=prepared / "tokenizer",
+                           vocab_size=tokenizer.vocab_size,
+                           batches_per_epoch=loaders.num_batches(
+                               prepared, "train", config.seq_len, config.batch_size))
+        evaluation = DataSource(make("validation", False, 1))
+        return train, evaluation
+
+    def loss(self, model: Transformer, batch, rng):
+        logits_BTV, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"],
+                              dropout_rng=rng)
+        return losses.masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"],
+                                           z_loss=self.config.train.z_loss)
