@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import pathlib
-from collections.abc import Callable
+import time
 from typing import Any
 
 import jax
@@ -29,30 +29,35 @@ class CheckpointError(ValueError):
     """A checkpoint or `init_from` path that cannot be used; the message names it."""
 
 
-def to_saveable(tree: Any) -> Any:
-    """nnx.State / nested dicts → plain dicts with string keys (lists become dicts)."""
-    if isinstance(tree, nnx.State):
-        tree = nnx.to_pure_dict(tree)
-    if isinstance(tree, dict):
-        return {str(k): to_saveable(v) for k, v in tree.items()}
-    return tree
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
 
 
-def from_saveable(template: Any, saved: Any) -> Any:
-    """Inverse of `to_saveable` onto `template` (an nnx.State or pure dict)."""
-    if isinstance(template, nnx.State):
-        pure = nnx.to_pure_dict(template)
-        restored = _rekey(pure, saved)
-        state = jax.tree.map(lambda x: x, template)
-        nnx.replace_by_pure_dict(state, restored)
-        return state
-    return _rekey(template, saved)
+def to_saveable(tree: Any) -> dict:
+    """Any pytree (nnx.State, optax namedtuples, dicts) → nested dicts with string keys."""
+    nested: dict = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        node = nested
+        names = [_key_name(k) for k in path] or ["value"]
+        for name in names[:-1]:
+            node = node.setdefault(name, {})
+        node[names[-1]] = leaf
+    return nested
 
 
-def _rekey(template: Any, saved: Any) -> Any:
-    if isinstance(template, dict):
-        return {k: _rekey(v, saved[str(k)]) for k, v in template.items()}
-    return saved
+def from_saveable(template: Any, saved: dict) -> Any:
+    """Inverse of `to_saveable`: leaves of `saved` placed into `template`'s structure."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
+    for path, _ in paths:
+        node = saved
+        for name in [_key_name(k) for k in path] or ["value"]:
+            node = node[name]
+        leaves.append(node)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _crash_path_class(crash_step: int) -> type:
@@ -105,10 +110,13 @@ class Checkpointer:
         for step in reversed(self.steps()):
             try:
                 return step, *self.restore(step, template_state, shardings, iterator)
-            except Exception as error:  # a corrupt step: report it, use the previous one
+            except Exception as error:  # a corrupt step: set it aside, use the previous one
+                aside = self.directory / f"corrupt_{step}_{int(time.time())}"
+                (self.directory / str(step)).rename(aside)
                 print(f"checkpoint {self.directory / str(step)} is unreadable "
-                      f"({type(error).__name__}: {str(error)[:200]}); trying an older one",
-                      flush=True)
+                      f"({type(error).__name__}: {str(error)[:200]}); moved it to {aside} "
+                      "and trying an older one", flush=True)
+                self.manager.reload()
         return None
 
     def restore(self, step: int, template_state: Any, shardings: Any, iterator: Any
@@ -116,11 +124,9 @@ class Checkpointer:
         """Restore one step onto `shardings` (any mesh); the iterator is restored in place."""
         import grain
 
-        saved_template = to_saveable(template_state)
-        saved_shardings = to_saveable(shardings)
-        abstract = jax.tree.map(
+        abstract = to_saveable(jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            saved_template, saved_shardings)
+            template_state, shardings))
         items = dict(
             state=ocp.args.PyTreeRestore(
                 abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
@@ -205,12 +211,11 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
     mesh = mesh or sharding.make_mesh({"data": 1}, jax.devices()[:1])
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg,
                                                                       nnx.Rngs(0))))
-    params_template = nnx.state(abstract, nnx.Param) if False else abstract
+    params_template = abstract
     shardings = sharding.state_shardings(params_template, mesh, rules)
-    saved = to_saveable(params_template)
-    target = {"params": jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), saved,
-        to_saveable(shardings))}
+    target = {"params": to_saveable(jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params_template,
+        shardings))}
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         restored = checkpointer.restore(
@@ -225,5 +230,3 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
     tokenizer_dir = workdir / "tokenizer" if (workdir / "tokenizer").is_dir() else None
     return LoadedModel(model_cfg, graphdef, params, tokenizer_dir, config)
 
-
-Restorer = Callable[..., Any]
