@@ -148,6 +148,8 @@ def prepare(data_config: ml_collections.ConfigDict) -> pathlib.Path:
             texts = (stages.content_key(r["kind"], r["fields"]) for s in range(k)
                      for r in stages.iter_spill(str(out), s)
                      if r["split"] == "train" and r["o"] not in dropped)
+            texts = _nonempty(texts, "no training documents are left after cleaning, "
+                              "deduplication and decontamination (see removed.jsonl)", out)
             train_tokenizer(texts, tok_dir, c.tokenizer.vocab_size, c.tokenizer.model_type,
                             c.tokenizer.byte_fallback, c.tokenizer.max_sentences,
                             seed=c.seed)
@@ -159,6 +161,16 @@ def prepare(data_config: ml_collections.ConfigDict) -> pathlib.Path:
     report.write(out, c, scans, dd["stats"], contaminated, dropped, written, tok, dtype,
                  manifest, bad)
     return out
+
+
+def _nonempty(items, message: str, where):
+    """Yield from items; raise DataError(message) if there are none."""
+    empty = True
+    for item in items:
+        empty = False
+        yield item
+    if empty:
+        raise DataError(message, str(where))
 
 
 def _eval_file_ngrams(c) -> np.ndarray:
