@@ -146,3 +146,22 @@ def test_parquet_and_zstd_inputs(tmp_path):
     assert json.loads((out / "meta.json").read_text())["splits"]["train"]["text"][
         "documents"] == 9
     assert os.path.exists(out / "removed.jsonl")
+
+
+def test_prepare_data_script(corpus, tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    cmd = [sys.executable, "scripts/prepare_data.py", "--config=configs/data.py",
+           f"--config.inputs={corpus}", f"--config.output_dir={tmp_path / 'out'}",
+           "--config.num_workers=0", "--config.tokenizer.vocab_size=450"]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "dedup" in done.stdout and is_prepared(tmp_path / "out")
+    bad = subprocess.run(cmd[:3] + [f"--config.inputs={tmp_path / 'nope'}",
+                                    f"--config.output_dir={tmp_path / 'o2'}"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "does not exist" in bad.stderr
