@@ -1,0 +1,70 @@
+"""The chat template: `messages` → token ids plus a parallel mask of the assistant's tokens.
+
+Layout (role tokens are single ids from the tokenizer; see tokenizer.ROLE_TOKENS):
+
+    <s> <|system|> text <|end|> \\n <|user|> text <|end|> \\n <|assistant|> text <|end|> </s>
+
+The assistant mask is 1 on an assistant message's content tokens and its `<|end|>` (the
+model must learn to stop), and on the final `</s>` when the last message is the
+assistant's; 0 everywhere else (role tokens, prompts, separators). Tokenizers without
+role tokens (imported `tokenizer.json`) get the same layout with the markers as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llm.data import DataError
+from llm.data.tokenizer import ROLE_TOKENS, Tokenizer
+
+ROLES = ("system", "user", "assistant")
+
+
+def _marker(tok: Tokenizer, role: str) -> list[int]:
+    role_ids = tok.role_ids
+    if role in role_ids:
+        return [role_ids[role]]
+    return tok.encode(ROLE_TOKENS[role])
+
+
+def render_messages(tok: Tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False
+                    ) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and the assistant mask (1 exactly on assistant tokens)."""
+    sep = tok.encode(tok.chat_template["separator"]) if tok.chat_template["separator"] else []
+    ids: list[int] = [tok.bos_id]
+    mask: list[int] = [0]
+    for n, m in enumerate(messages):
+        role = m["role"]
+        if role not in ROLES:
+            raise DataError(f"unknown chat role {role!r} in message {n}; expected {ROLES}")
+        head = _marker(tok, role)
+        body = tok.encode(m["content"]) + _marker(tok, "end")
+        ids += head + body
+        mask += [0] * len(head) + [int(role == "assistant")] * len(body)
+        if n + 1 < len(messages):
+            ids += sep
+            mask += [0] * len(sep)
+    if add_generation_prompt:
+        if messages:
+            ids += sep
+            mask += [0] * len(sep)
+        head = _marker(tok, "assistant")
+        ids += head
+        mask += [0] * len(head)
+    elif messages and messages[-1]["role"] == "assistant":
+        ids.append(tok.eos_id)
+        mask.append(1)
+    return ids, mask
+
+
+def render_prompt(tok: Tokenizer, prompt: str, system: str | None = None) -> list[int]:
+    """Ids of a single-turn user prompt followed by the assistant marker (what RL samples)."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}]
+    ids, _ = render_messages(tok, messages, add_generation_prompt=True)
+    return ids
+
+
+def render_response(tok: Tokenizer, response: str) -> list[int]:
+    """Ids of an assistant reply continuing `render_prompt` (content, end marker, EOS)."""
+    return tok.encode(response) + _marker(tok, "end") + [tok.eos_id]

@@ -1,0 +1,238 @@
+"""grain loaders over prepared records: pretraining windows, packed SFT, preferences, prompts.
+
+Every loader is a random-access `grain.MapDataset` (window or row i is computed from the
+memory-mapped records), so the pipeline is: source → this process's shard
+(`[shard_index::shard_count]`) → seeded shuffle (a new order each epoch) → repeat
+→ batch → `to_iter_dataset()`. `iter(loader)` gives a grain `DatasetIterator` whose
+`get_state()` is the checkpointed position: restoring it with `set_state` yields exactly
+the remaining stream, neither repeating nor skipping an example.
+
+Batches are dicts of numpy arrays [batch_size, seq_len] (batch_size is this process's
+share): `tokens`, `targets` (next token), `positions` (restarting at 0 per document in
+the row), `segment_ids` (1, 2, ... per document, 0 on padding) and `loss_mask` (float32:
+0 where the target crosses into another document or padding, or is not to be learnt).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import grain
+import numpy as np
+
+from llm.data import DataError
+from llm.data.records import RecordSet
+
+META_FILE = "meta.json"
+
+
+def read_meta(prepared_dir: str | pathlib.Path) -> dict:
+    """The prepared directory's meta.json."""
+    path = pathlib.Path(prepared_dir) / META_FILE
+    if not path.exists():
+        raise DataError("not a prepared data directory (no meta.json); run "
+                        "scripts/prepare_data.py or point data.path at raw inputs", str(path))
+    return json.loads(path.read_text())
+
+
+def _records(prepared_dir, split: str, stream: str) -> tuple[RecordSet, dict]:
+    meta = read_meta(prepared_dir)
+    return RecordSet(prepared_dir, split, stream, meta["dtype"]), meta
+
+
+# ----- row builders ------------------------------------------------------------------------
+def pack_row(pieces: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict:
+    """Pack whole documents (ids, per-token loss mask) into one row of `seq_len`.
+
+    A document's last token has no target; targets never cross into another segment.
+    """
+    tokens = np.full(seq_len, pad_id, np.int32)
+    targets = np.full(seq_len, pad_id, np.int32)
+    positions = np.zeros(seq_len, np.int32)
+    segments = np.zeros(seq_len, np.int32)
+    loss = np.zeros(seq_len, np.float32)
+    at = 0
+    for seg, (ids, mask) in enumerate(pieces, start=1):
+        n = min(len(ids), seq_len - at)
+        if n <= 0:
+            break
+        tokens[at:at + n] = ids[:n]
+        positions[at:at + n] = np.arange(n)
+        segments[at:at + n] = seg
+        m = min(n, len(ids) - 1)  # tokens that have a next token inside the document
+        targets[at:at + m] = ids[1:m + 1]
+        loss[at:at + m] = mask[1:m + 1]
+        at += n
+    return {"tokens": tokens, "targets": targets, "positions": positions,
+            "segment_ids": segments, "loss_mask": loss}
+
+
+class _Windows:
+    """Window i = seq_len + 1 consecutive ids of one shard's token stream (documents abut)."""
+
+    def __init__(self, records: RecordSet, seq_len: int):
+        self._rs, self._len = records, seq_len
+        per_shard = [max(0, (len(records.shard_tokens(s)) - 1) // seq_len)
+                     for s in range(records.num_shards)]
+        self._starts = np.concatenate([[0], np.cumsum(per_shard)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        shard = int(np.searchsorted(self._starts, i, side="right") - 1)
+        begin = (i - int(self._starts[shard])) * self._len
+        span = np.asarray(self._rs.shard_tokens(shard)[begin:begin + self._len + 1], np.int32)
+        offsets = self._rs.shard_offsets(shard)
+        doc = np.searchsorted(offsets, np.arange(begin, begin + self._len + 1), "right") - 1
+        doc_start = np.maximum(offsets[doc[:-1]], begin)
+        same = doc[1:] == doc[:-1]
+        return {
+            "tokens": span[:-1],
+            "targets": span[1:],
+            "positions": (np.arange(begin, begin + self._len) - doc_start).astype(np.int32),
+            "segment_ids": (doc[:-1] - doc[0] + 1).astype(np.int32),
+            "loss_mask": same.astype(np.float32),
+        }
+
+
+class _PackedRows:
+    """Row r packs whole examples order[row_start[r]:row_start[r+1]] (greedy, next-fit)."""
+
+    def __init__(self, records: RecordSet, seq_len: int, pad_id: int):
+        self._rs, self._len, self._pad = records, seq_len, pad_id
+        # A fixed packing order (rows are shuffled later with the run's seed), so the row
+        # count does not depend on the seed.
+        self._order = np.random.default_rng(0).permutation(len(records))
+        lengths = np.minimum(records.lengths[self._order], seq_len)
+        starts, used = [0], 0
+        for k, n in enumerate(lengths):
+            if used + n > seq_len and used > 0:
+                starts.append(k)
+                used = 0
+            used += int(n)
+        starts.append(len(lengths))
+        self._row_start = np.asarray(starts if len(lengths) else [0], np.int64)
+
+    def __len__(self) -> int:
+        return len(self._row_start) - 1
+
+    def __getitem__(self, r: int) -> dict:
+        ids = self._order[self._row_start[r]:self._row_start[r + 1]]
+        return pack_row([(self._rs.tokens(int(i)), self._rs.mask(int(i))) for i in ids],
+                         self._len, self._pad)
+
+
+class _Pairs:
+    """Pair i: the chosen and the rejected sequence, one per row, loss on response tokens."""
+
+    def __init__(self, chosen: RecordSet, rejected: RecordSet, seq_len: int, pad_id: int):
+        if len(chosen) != len(rejected):
+            raise DataError("chosen and rejected records differ in count")
+        self._c, self._r, self._len, self._pad = chosen, rejected, seq_len, pad_id
+
+    def __len__(self) -> int:
+        return len(self._c)
+
+    def __getitem__(self, i: int) -> dict:
+        out = {}
+        for name, rs in (("chosen", self._c), ("rejected", self._r)):
+            row = pack_row([(rs.tokens(i), rs.mask(i))], self._len, self._pad)
+            out.update({f"{name}_{k}": v for k, v in row.items()})
+        return out
+
+
+class _Prompts:
+    """Prompt i right-padded to max_prompt_len (the tail kept when longer), with its answer."""
+
+    def __init__(self, records: RecordSet, max_prompt_len: int, pad_id: int):
+        self._rs, self._len, self._pad = records, max_prompt_len, pad_id
+
+    def __len__(self) -> int:
+        return len(self._rs)
+
+    def __getitem__(self, i: int) -> dict:
+        ids = self._rs.tokens(i)[-self._len:]
+        tokens = np.full(self._len, self._pad, np.int32)
+        tokens[:len(ids)] = ids
+        extra = self._rs.extra(i) or {}
+        answer = extra.get("answer") if isinstance(extra, dict) else None
+        return {"prompt_tokens": tokens, "prompt_lengths": np.int32(len(ids)),
+                "answer": np.asarray("" if answer is None else str(answer), dtype=object)}
+
+
+# ----- the grain pipeline ------------------------------------------------------------------
+def _pipeline(source, batch_size: int, seed: int, num_epochs: int | None, shard_index: int,
+              shard_count: int, shuffle: bool, drop_remainder: bool) -> grain.IterDataset:
+    if not 0 <= shard_index < shard_count:
+        raise DataError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
+    ds = grain.MapDataset.source(source)
+    # Every process gets the same number of examples, so no process waits on a collective.
+    ds = ds[:len(ds) - len(ds) % shard_count][shard_index::shard_count]
+    if len(ds) == 0:
+        raise DataError(f"this process's shard ({shard_index} of {shard_count}) holds no "
+                        "examples: the split is too small for the sequence length")
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+
+
+def pretrain_loader(prepared_dir, split: str, seq_len: int, batch_size: int, seed: int,
+                    num_epochs: int | None, shard_index: int = 0, shard_count: int = 1,
+                    shuffle: bool = True, drop_remainder: bool = True) -> grain.IterDataset:
+    """Batches of packed pretraining windows (see the module docstring for keys)."""
+    rs, _ = _records(prepared_dir, split, "text")
+    return _pipeline(_Windows(rs, seq_len), batch_size, seed, num_epochs, shard_index,
+                     shard_count, shuffle, drop_remainder)
+
+
+def sft_loader(prepared_dir, split: str, seq_len: int, batch_size: int, seed: int,
+               num_epochs: int | None, shard_index: int = 0, shard_count: int = 1,
+               shuffle: bool = True, drop_remainder: bool = True) -> grain.IterDataset:
+    """Batches of packed chat examples; loss_mask is 1 exactly on assistant targets."""
+    rs, meta = _records(prepared_dir, split, "sft")
+    return _pipeline(_PackedRows(rs, seq_len, meta["pad_id"]), batch_size, seed,
+                     num_epochs, shard_index, shard_count, shuffle, drop_remainder)
+
+
+def preference_loader(prepared_dir, split: str, seq_len: int, batch_size: int, seed: int,
+                      num_epochs: int | None, shard_index: int = 0, shard_count: int = 1,
+                      shuffle: bool = True, drop_remainder: bool = True) -> grain.IterDataset:
+    """Batches of `chosen_*` and `rejected_*` rows; loss only on response tokens."""
+    chosen, meta = _records(prepared_dir, split, "chosen")
+    rejected, _ = _records(prepared_dir, split, "rejected")
+    return _pipeline(_Pairs(chosen, rejected, seq_len, meta["pad_id"]), batch_size, seed,
+                     num_epochs, shard_index, shard_count, shuffle, drop_remainder)
+
+
+def prompt_loader(prepared_dir, split: str, max_prompt_len: int, batch_size: int, seed: int,
+                  num_epochs: int | None, shard_index: int = 0, shard_count: int = 1,
+                  shuffle: bool = True, drop_remainder: bool = True) -> grain.IterDataset:
+    """Batches of RL prompts: `prompt_tokens` [b, max_prompt_len], `prompt_lengths`, `answer`."""
+    rs, meta = _records(prepared_dir, split, "prompt")
+    return _pipeline(_Prompts(rs, max_prompt_len, meta["pad_id"]), batch_size, seed,
+                     num_epochs, shard_index, shard_count, shuffle, drop_remainder)
+
+
+def num_examples(prepared_dir, split: str, kind: str, seq_len: int) -> int:
+    """Rows (windows, packed rows, pairs or prompts) in one epoch of a split, all processes."""
+    meta = read_meta(prepared_dir)
+    if kind == "pretrain":
+        return len(_Windows(RecordSet(prepared_dir, split, "text", meta["dtype"]), seq_len))
+    if kind == "sft":
+        rs = RecordSet(prepared_dir, split, "sft", meta["dtype"])
+        return len(_PackedRows(rs, seq_len, meta["pad_id"]))
+    stream = {"preference": "chosen", "prompt": "prompt"}.get(kind)
+    if stream is None:
+        raise DataError(f"unknown loader kind {kind!r}; expected pretrain, sft, preference, "
+                        "prompt")
+    return len(RecordSet(prepared_dir, split, stream, meta["dtype"]))
+
+
+def num_batches(prepared_dir, split: str, kind: str, seq_len: int, batch_size: int,
+                shard_count: int = 1) -> int:
+    """Full batches per epoch for one process (drop_remainder=True)."""
+    return num_examples(prepared_dir, split, kind, seq_len) // shard_count // batch_size

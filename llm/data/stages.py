@@ -1,0 +1,258 @@
+"""The preparation stages, each a module-level function an executor can run per shard.
+
+scan (per shard): read → clean → filter → exact key, MinHash signature, split; spilled to
+  `_work/scan-<k>.jsonl` (documents) and `.npz` (order keys, exact keys, signatures).
+dedup (global, over signatures and ids only): exact, then near duplicates.
+decontaminate (per shard, then global): n-grams of validation/test and eval files.
+tokenise (per shard): records for each split, with the mixture's repeats.
+
+A document's identity is its order key `file_index << 32 | line`: the smallest key in a
+duplicate cluster is kept, whichever shard or executor saw it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import ml_collections
+import numpy as np
+import xxhash
+
+from llm.data import DataError, chat, clean, dedup, split
+from llm.data.records import ShardWriter, shard_prefix
+from llm.data.sources import JSONL_SUFFIXES, PARQUET_SUFFIXES, ReadStats, _base_suffix, read_records
+from llm.data.tokenizer import Tokenizer
+
+WORK = "_work"
+BATCH = 512  # documents per signature batch
+
+
+def content_key(kind: str, fields: dict) -> str:
+    """The text a document is deduplicated, split and decontaminated by."""
+    if kind == "text":
+        return fields["text"]
+    if kind == "chat":
+        return "\n".join(m["content"] for m in fields["messages"])
+    if kind == "preference":
+        return fields["prompt"] + "\n" + fields["chosen"]
+    return fields["prompt"]
+
+
+def order_key(file_index: int, line: int) -> int:
+    """Global document id: input file order first, then line."""
+    return (file_index << 32) | line
+
+
+def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: str) -> dict:
+    """Stage 1 for one shard: read, clean, filter, hash, sign and spill its documents."""
+    c = ml_collections.ConfigDict(cfg)
+    work = pathlib.Path(out) / WORK
+    stats = ReadStats()
+    counts = {"documents": 0, "characters": 0, "kept": 0, "filters": {}}
+    orders, exact, sigs, kinds = [], [], [], set()
+    removed = []
+    batch: list[str] = []
+    with open(work / f"scan-{shard}.jsonl", "w") as spill:
+        for fi, name in enumerate(files):
+            path = pathlib.Path(name)
+            structured = _base_suffix(path) in JSONL_SUFFIXES + PARQUET_SUFFIXES
+            if not structured and fi % num_shards != shard:
+                continue
+            part = (shard, num_shards) if structured else (0, 1)
+            for rec in read_records(path, c.text_field, c.skip_bad_records, stats, part):
+                counts["documents"] += 1
+                fields = dict(rec.fields)
+                kinds.add(rec.kind)
+                if rec.kind == "text" and c.clean.enabled:
+                    counts["characters"] += len(fields["text"])
+                    fields["text"] = clean.normalize(fields["text"], c.clean)
+                    problem = clean.quality_problem(fields["text"], c.clean.filters)
+                    if problem is not None:
+                        counts["filters"][problem] = counts["filters"].get(problem, 0) + 1
+                        removed.append({"source": rec.source, "line": rec.line,
+                                        "reason": f"filter:{problem}"})
+                        continue
+                key = content_key(rec.kind, fields)
+                o = order_key(fi, rec.line)
+                orders.append(o)
+                exact.append(dedup.exact_key(key))
+                spill.write(json.dumps({"o": o, "source": rec.source, "line": rec.line,
+                                        "kind": rec.kind, "fields": fields,
+                                        "split": split.split_of(key, c.split.validation,
+                                                                c.split.test)}) + "\n")
+                batch.append(key)
+                if len(batch) == BATCH:
+                    sigs.append(_sign(batch, c))
+                    batch = []
+    if batch:
+        sigs.append(_sign(batch, c))
+    counts["kept"] = len(orders)
+    np.savez(work / f"scan-{shard}.npz", order=np.asarray(orders, np.int64),
+             exact=np.asarray(exact, dtype="U32"),
+             sig=np.concatenate(sigs) if sigs else np.zeros((0, c.dedup.num_perm), np.uint32))
+    return {"counts": counts, "bad": stats.bad, "removed": removed, "kinds": sorted(kinds)}
+
+
+def _sign(texts: list[str], c) -> np.ndarray:
+    if not c.dedup.near:
+        return np.zeros((len(texts), c.dedup.num_perm), np.uint32)
+    return dedup.signatures(texts, c.dedup.num_perm, c.dedup.ngram, c.dedup.ngram_unit)
+
+
+def iter_spill(out: str, shard: int):
+    """The spilled documents of one shard, in order."""
+    with open(pathlib.Path(out) / WORK / f"scan-{shard}.jsonl") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def find_duplicates(cfg: dict, out: str, num_shards: int) -> tuple[dict, dict]:
+    """Stage 2 (global): {order: (reason, kept order)} for exact and near duplicates."""
+    c = ml_collections.ConfigDict(cfg)
+    parts = [np.load(pathlib.Path(out) / WORK / f"scan-{k}.npz") for k in range(num_shards)]
+    order = np.concatenate([p["order"] for p in parts])
+    exact = np.concatenate([p["exact"] for p in parts])
+    sig = np.concatenate([p["sig"] for p in parts])
+    by_order = np.argsort(order, kind="stable")
+    order, exact, sig = order[by_order], exact[by_order], sig[by_order]
+    dropped: dict[int, tuple[str, int]] = {}
+    stats = {"exact_duplicate": 0, "near_duplicate": 0, "candidate_pairs": 0,
+             "verified_pairs": 0}
+    alive = np.ones(len(order), bool)
+    if c.dedup.exact and len(order):
+        _, first = np.unique(exact, return_index=True)  # first occurrence in order
+        _, inverse = np.unique(exact, return_inverse=True)
+        kept = first[inverse]
+        for i in np.flatnonzero(kept != np.arange(len(order))):
+            dropped[int(order[i])] = ("exact_duplicate", int(order[kept[i]]))
+            alive[i] = False
+        stats["exact_duplicate"] = int((~alive).sum())
+    if c.dedup.near and alive.sum() > 1:
+        idx = np.flatnonzero(alive)
+        bands, rows = c.dedup.bands, c.dedup.rows
+        if bands <= 0 or rows <= 0:
+            bands, rows = dedup.choose_banding(c.dedup.num_perm, c.dedup.threshold,
+                                               c.dedup.target_recall)
+        pairs = dedup.candidate_pairs(sig[idx], bands, rows, c.dedup.max_bucket)
+        stats["candidate_pairs"] = len(pairs)
+        pairs = idx[pairs] if len(pairs) else pairs
+        good = _verify(c, out, num_shards, order, sig, pairs)
+        pairs = pairs[good]
+        stats["verified_pairs"] = len(pairs)
+        label = dedup.components(len(order), pairs)
+        for i in np.flatnonzero(label != np.arange(len(order))):
+            dropped[int(order[i])] = ("near_duplicate", int(order[label[i]]))
+        stats["near_duplicate"] = int((label != np.arange(len(order))).sum())
+        stats["bands"], stats["rows"] = bands, rows
+    return dropped, stats
+
+
+def _verify(c, out, num_shards, order, sig, pairs) -> np.ndarray:
+    """Which candidate pairs reach the threshold (true shingle Jaccard or estimate)."""
+    if len(pairs) == 0:
+        return np.zeros(0, bool)
+    if c.dedup.verify == "estimate":
+        return dedup.estimated_jaccard(sig, pairs) >= c.dedup.threshold
+    if c.dedup.verify != "jaccard":
+        raise DataError(f"dedup.verify must be 'jaccard' or 'estimate', got {c.dedup.verify!r}")
+    need = set(order[np.unique(pairs)].tolist())
+    texts = {}
+    for k in range(num_shards):
+        for row in iter_spill(out, k):
+            if row["o"] in need:
+                texts[row["o"]] = content_key(row["kind"], row["fields"])
+    keys = sorted(texts)
+    hashes, doc = dedup.shingle_hashes([texts[o] for o in keys], c.dedup.ngram,
+                                       c.dedup.ngram_unit)
+    sets = np.split(hashes, np.searchsorted(doc, np.arange(1, len(keys))))
+    where = {o: sets[i] for i, o in enumerate(keys)}
+    return np.array([dedup.true_jaccard(where[order[a]], where[order[b]]) >= c.dedup.threshold
+                     for a, b in pairs], dtype=bool)
+
+
+def held_out_ngrams(cfg: dict, out: str, shard: int, dropped: dict) -> np.ndarray:
+    """Stage 3a: unique n-gram hashes of this shard's validation/test documents."""
+    c = ml_collections.ConfigDict(cfg)
+    texts = [content_key(r["kind"], r["fields"]) for r in iter_spill(out, shard)
+             if r["split"] != "train" and r["o"] not in dropped]
+    if not texts:
+        return np.zeros(0, np.uint64)
+    return np.unique(dedup.shingle_hashes(texts, c.decontaminate.ngram)[0])
+
+
+def contaminated(cfg: dict, out: str, shard: int, dropped: dict, ngrams: np.ndarray) -> list:
+    """Stage 3b: order keys of this shard's training documents sharing an n-gram."""
+    c = ml_collections.ConfigDict(cfg)
+    rows = [r for r in iter_spill(out, shard) if r["split"] == "train" and r["o"] not in dropped]
+    hits: list[int] = []
+    for s in range(0, len(rows), BATCH):
+        chunk = rows[s:s + BATCH]
+        hashes, doc = dedup.shingle_hashes([content_key(r["kind"], r["fields"]) for r in chunk],
+                                           c.decontaminate.ngram)
+        bad = np.unique(doc[np.isin(hashes, ngrams)])
+        hits.extend(chunk[i]["o"] for i in bad)
+    return hits
+
+
+def mixture_weights(spec: str) -> list[tuple[str, float]]:
+    """Parse 'source=weight,...' into [(substring, weight)]."""
+    out = []
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        name, sep, value = item.rpartition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name or weight < 0:
+            raise DataError(f"mixture.weights entry {item!r}: expected source=weight with "
+                            "weight >= 0")
+        out.append((name, weight))
+    return out
+
+
+def repeats(source: str, key: str, weights: list[tuple[str, float]]) -> int:
+    """How many copies of a training document the mixture asks for (hash-rounded)."""
+    w = next((w for name, w in weights if name in source), 1.0)
+    whole = int(w)
+    frac = w - whole
+    u = xxhash.xxh64_intdigest(key.encode("utf-8"), seed=7) / 2.0**64
+    return whole + int(u < frac)
+
+
+def tokenise_shard(cfg: dict, out: str, shard: int, dropped: dict, tok_dir: str,
+                   dtype: str) -> dict:
+    """Stage 4 for one shard: write records of every split; returns counts per split/stream."""
+    c = ml_collections.ConfigDict(cfg)
+    tok = Tokenizer.load(tok_dir)
+    weights = mixture_weights(c.mixture.weights)
+    writers: dict[tuple[str, str], ShardWriter] = {}
+
+    def writer(split_name: str, stream: str, mask: bool, extra: bool) -> ShardWriter:
+        if (split_name, stream) not in writers:
+            writers[split_name, stream] = ShardWriter(
+                shard_prefix(out, split_name, stream, shard), np.dtype(dtype), mask, extra)
+        return writers[split_name, stream]
+
+    for r in iter_spill(out, shard):
+        if r["o"] in dropped:
+            continue
+        kind, f, sp = r["kind"], r["fields"], r["split"]
+        copies = repeats(r["source"], content_key(kind, f), weights) if sp == "train" else 1
+        for _ in range(copies):
+            if kind == "text":
+                writer(sp, "text", False, False).add(
+                    tok.encode(f["text"], c.tokenizer.add_bos, c.tokenizer.add_eos))
+            elif kind == "chat":
+                ids, mask = chat.render_messages(tok, f["messages"])
+                writer(sp, "sft", True, False).add(ids, mask)
+            elif kind == "preference":
+                prompt = chat.render_prompt(tok, f["prompt"])
+                for stream in ("chosen", "rejected"):
+                    resp = chat.render_response(tok, f[stream])
+                    writer(sp, stream, True, False).add(prompt + resp,
+                                                         [0] * len(prompt) + [1] * len(resp))
+            else:
+                writer(sp, "prompt", False, True).add(
+                    chat.render_prompt(tok, f["prompt"]), extra={"answer": f.get("answer")})
+    return {f"{s}/{st}": w.close() for (s, st), w in sorted(writers.items())}

@@ -1,0 +1,101 @@
+"""Synthetic-data generators (a registry), starting with verifiable arithmetic.
+
+`generate('arithmetic', out_dir, n=..., difficulty=..., seed=...)` writes three files:
+
+  sft.jsonl         {"messages": [user question, assistant answer]}
+  preference.jsonl  {"prompt", "chosen" (right answer), "rejected" (a near miss)}
+  rl.jsonl          {"prompt", "answer"}
+
+`check_arithmetic_answer(completion, answer)` is the exact-answer verifier used by the demo
+and RL rewards. `register` adds generators; a sampler-backed generator (the project's own
+model writing data) plugs in the same way once the sampler exists: `register('name')(fn)`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+import re
+from collections.abc import Callable
+
+from llm.data import DataError
+
+GENERATORS: dict[str, Callable] = {}
+
+
+def register(name: str):
+    """Decorator adding a generator `fn(out_dir, n, difficulty, seed) -> dict[str, Path]`."""
+    def wrap(fn):
+        GENERATORS[name] = fn
+        return fn
+    return wrap
+
+
+def generate(name: str, out_dir, n: int = 1000, difficulty: int = 1, seed: int = 0
+             ) -> dict[str, pathlib.Path]:
+    """Run a registered generator; returns the files it wrote by role."""
+    if name not in GENERATORS:
+        raise DataError(f"unknown synthetic generator {name!r}; have {sorted(GENERATORS)}")
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return GENERATORS[name](out, n, difficulty, seed)
+
+
+def arithmetic_problem(rng: random.Random, difficulty: int) -> tuple[str, int]:
+    """A question and its exact integer answer; difficulty 1..5 sets digits and operators."""
+    if not 1 <= difficulty <= 5:
+        raise DataError(f"arithmetic difficulty must be in 1..5, got {difficulty}")
+    digits = difficulty
+    ops = ["+", "-"] if difficulty == 1 else ["+", "-", "*"]
+    terms = 2 if difficulty <= 2 else 3
+    expr = str(rng.randint(0, 10**digits - 1))
+    for _ in range(terms - 1):
+        op = rng.choice(ops)
+        bound = 10 ** max(1, digits - 1) if op == "*" else 10**digits
+        expr += f" {op} {rng.randint(0, bound - 1)}"
+    return f"What is {expr}?", int(eval(expr, {"__builtins__": {}}))  # noqa: S307 - own digits
+
+
+def format_answer(answer: int) -> str:
+    """The reference assistant reply for an answer."""
+    return f"The answer is {answer}."
+
+
+_ANSWER = re.compile(r"answer is\s*(-?\d+)", re.IGNORECASE)
+_LAST_INT = re.compile(r"-?\d+")
+
+
+def check_arithmetic_answer(completion: str, answer) -> bool:
+    """True iff the completion's stated answer ('answer is N', else its last integer) is exact."""
+    m = _ANSWER.search(completion)
+    found = m.group(1) if m else (_LAST_INT.findall(completion) or [None])[-1]
+    if found is None:
+        return False
+    try:
+        return int(found) == int(answer)
+    except (TypeError, ValueError):
+        return False
+
+
+@register("arithmetic")
+def arithmetic(out: pathlib.Path, n: int, difficulty: int, seed: int) -> dict[str, pathlib.Path]:
+    """Write SFT, preference and RL files of n arithmetic questions each."""
+    rng = random.Random(seed)
+    paths = {k: out / f"{k}.jsonl" for k in ("sft", "preference", "rl")}
+    files = {k: open(p, "w") for k, p in paths.items()}  # noqa: SIM115 - closed below
+    try:
+        for _ in range(n):
+            question, answer = arithmetic_problem(rng, difficulty)
+            wrong = answer + rng.choice([-10, -2, -1, 1, 2, 10])
+            files["sft"].write(json.dumps({"messages": [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": format_answer(answer)}]}) + "\n")
+            files["preference"].write(json.dumps({
+                "prompt": question, "chosen": format_answer(answer),
+                "rejected": format_answer(wrong)}) + "\n")
+            files["rl"].write(json.dumps({"prompt": question, "answer": str(answer)}) + "\n")
+    finally:
+        for f in files.values():
+            f.close()
+    return paths

@@ -1,0 +1,177 @@
+"""Near-dedup recall/precision, executors and shard counts agree, splits, decontamination."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from configs.data import get_config
+from llm.data import clean, dedup, split
+from llm.data.prepare import prepare
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _vocab(rng, n=3000):
+    return ["".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 8))) for _ in range(n)]
+
+
+def _shingles(words, n=5):
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def _planted(n_docs=600, n_dups=150, seed=0):
+    """Random documents plus edited copies with known word 5-gram Jaccard to their original."""
+    rng = random.Random(seed)
+    vocab = _vocab(rng)
+    docs = [[rng.choice(vocab) for _ in range(120)] for _ in range(n_docs)]
+    pairs = []
+    for _ in range(n_dups):
+        i = rng.randrange(n_docs)
+        w = list(docs[i])
+        for _ in range(rng.randint(0, 6)):
+            w[rng.randrange(len(w))] = rng.choice(vocab)
+        a, b = _shingles(docs[i]), _shingles(w)
+        pairs.append((i, len(docs), len(a & b) / len(a | b)))
+        docs.append(w)
+    return [" ".join(d) + "\n" for d in docs], pairs
+
+
+def test_near_dedup_recall_and_precision():
+    texts, planted = _planted()
+    sig = dedup.signatures(texts, 128, 5)
+    bands, rows = dedup.choose_banding(128, 0.8, 0.97)
+    cand = dedup.candidate_pairs(sig, bands, rows)
+    hashes, doc = dedup.shingle_hashes(texts, 5)
+    sets = [hashes[doc == i] for i in range(len(texts))]
+    found = {(a, b) for a, b in cand.tolist()
+             if dedup.true_jaccard(sets[a], sets[b]) >= 0.8}
+    truth = {(a, b) for a, b, j in planted if j >= 0.8}
+    assert len(truth) > 50
+    assert len(truth & found) / len(truth) >= 0.95  # recall
+    true_j = {(a, b): j for a, b, j in planted}
+    flagged = [p for p in found if p in true_j or dedup.true_jaccard(
+        sets[p[0]], sets[p[1]]) >= 0.8]
+    # Every verified pair really is at Jaccard >= 0.8 (by exact string shingles).
+    for a, b in found:
+        sa, sb = _shingles(texts[a].split()), _shingles(texts[b].split())
+        assert len(sa & sb) / len(sa | sb) >= 0.8
+    assert len(flagged) / max(1, len(found)) >= 0.95  # precision
+
+
+def test_shingle_hash_jaccard_matches_strings():
+    texts, planted = _planted(n_docs=20, n_dups=10, seed=2)
+    hashes, doc = dedup.shingle_hashes(texts, 5)
+    for a, b, j in planted:
+        assert dedup.true_jaccard(hashes[doc == a], hashes[doc == b]) == pytest.approx(j)
+
+
+def test_components_keep_smallest_index():
+    label = dedup.components(6, np.array([[4, 5], [2, 5], [1, 3]]))
+    assert label.tolist() == [0, 1, 2, 1, 2, 2]
+
+
+def _corpus(tmp_path):
+    texts, planted = _planted(n_docs=80, n_dups=30, seed=1)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with open(raw / "a.jsonl", "w") as f:
+        for t in texts[:60]:
+            f.write(json.dumps({"text": t}) + "\n")
+    with open(raw / "b.jsonl", "w") as f:
+        for t in texts[60:] + [texts[3], texts[70]]:  # exact duplicates, one within b
+            f.write(json.dumps({"text": t}) + "\n")
+    return raw
+
+
+def _removed(raw, out, **kw):
+    c = get_config()
+    c.inputs, c.output_dir = str(raw), str(out)
+    c.tokenizer.vocab_size, c.num_workers = 400, 0
+    c.decontaminate.enabled = False
+    for k, v in kw.items():
+        setattr(c, k, v)
+    out = prepare(c)
+    return [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
+
+
+def test_shards_and_executors_agree(tmp_path):
+    raw = _corpus(tmp_path)
+    one = _removed(raw, tmp_path / "one", num_shards=1)
+    four = _removed(raw, tmp_path / "four", num_shards=4)
+    pool = _removed(raw, tmp_path / "pool", num_shards=4, num_workers=2)
+    assert one == four == pool
+    reasons = [r["reason"] for r in one]
+    texts = [json.loads(x)["text"] for name in ("a.jsonl", "b.jsonl")
+             for x in (raw / name).read_text().splitlines()]
+    assert reasons.count("exact_duplicate") == len(texts) - len(set(texts))  # all, always
+    assert reasons.count("near_duplicate") >= 5
+    exact = [r for r in one if r["reason"] == "exact_duplicate"]
+    assert {"source": str(raw / "a.jsonl"), "line": 4} in [r["duplicate_of"] for r in exact]
+
+
+@pytest.mark.slow
+def test_ray_executor_agrees(tmp_path):
+    pytest.importorskip("ray")
+    raw = _corpus(tmp_path)
+    local = _removed(raw, tmp_path / "local", num_shards=3)
+    ray_run = _removed(raw, tmp_path / "ray", num_shards=3, executor="ray", num_workers=2)
+    assert local == ray_run
+
+
+def test_split_is_stable_under_reordering_and_reruns(tmp_path):
+    keys = [f"document number {i}" for i in range(2000)]
+    a = {k: split.split_of(k, 0.1, 0.05) for k in keys}
+    b = {k: split.split_of(k, 0.1, 0.05) for k in reversed(keys)}
+    assert a == b
+    counts = {s: list(a.values()).count(s) for s in split.SPLITS}
+    assert 120 < counts["validation"] < 280 and 50 < counts["test"] < 160
+    raw = _corpus(tmp_path)
+    runs = []
+    for name, shards in (("x", 1), ("y", 3)):
+        c = get_config()
+        c.inputs, c.output_dir, c.num_shards, c.num_workers = str(raw), str(tmp_path / name), \
+            shards, 0
+        c.tokenizer.vocab_size, c.split.validation = 400, 0.3
+        out = prepare(c)
+        runs.append(json.loads((out / "meta.json").read_text())["splits"])
+    assert runs[0] == {k: {s: dict(v, shards=runs[0][k][s]["shards"]) for s, v in st.items()}
+                       for k, st in runs[1].items()}
+
+
+def test_decontamination_removes_13gram_overlap(tmp_path):
+    rng = random.Random(5)
+    vocab = _vocab(rng)
+    test_doc = " ".join(rng.choice(vocab) for _ in range(80))
+    leaked = " ".join(rng.choice(vocab) for _ in range(40)) + " " + " ".join(
+        test_doc.split()[10:23]) + " " + " ".join(rng.choice(vocab) for _ in range(40))
+    near_miss = " ".join(rng.choice(vocab) for _ in range(40)) + " " + " ".join(
+        test_doc.split()[10:22]) + " " + " ".join(rng.choice(vocab) for _ in range(40))
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"text": test_doc}) + "\n")
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in [
+        leaked, near_miss] + [" ".join(rng.choice(vocab) for _ in range(60)) for _ in range(5)]))
+    c = get_config()
+    c.inputs, c.output_dir, c.num_workers = str(tmp_path / "train.jsonl"), str(tmp_path / "o"), 0
+    c.tokenizer.vocab_size, c.split.validation = 300, 0.0
+    c.decontaminate.eval_files = str(tmp_path / "eval.jsonl")
+    out = prepare(c)
+    removed = [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in removed] == [(1, "contamination")]
+
+
+def test_quality_filters_each_fire():
+    f = get_config().clean.filters
+    good = " ".join(f"word{i % 50}x token" for i in range(60)) + ".\n"
+    assert clean.quality_problem("alpha beta gamma delta epsilon zeta eta theta.", f) is None
+    assert clean.quality_problem("too short", f) == "min_words"
+    assert clean.quality_problem("1234 5678 9123 4567 8912 3456", f) == "digit_ratio"
+    assert clean.quality_problem("#### alpha beta #### gamma # delta # eta", f) == "symbol_ratio"
+    assert clean.quality_problem("same line here\n" * 20, f) == "duplicate_lines"
+    f.enabled = "min_words"
+    assert clean.quality_problem("same line here\n" * 20, f) is None
+    assert clean.quality_problem(good, get_config().clean.filters) in (None, "top_2gram")
+    cfg = get_config().clean
+    assert clean.normalize("a\u0000b  \r\n\n\n\n\nc\u0301", cfg) == "ab\n\n\n\u0107\n"
+    with pytest.raises(ValueError, match="unknown filter"):
+        clean.check_filter_names("min_word")

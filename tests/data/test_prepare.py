@@ -1,0 +1,167 @@
+"""prepare(): formats, clear errors naming file and line, rerun and overwrite rules."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs.data import get_config
+from llm.data import DataError, loaders
+from llm.data.prepare import is_prepared, prepare
+
+WORDS = ["".join("abcdefghijklmnopqrstuvwxyz"[(i * 7 + k * 3) % 26] for k in range(2 + i % 6))
+         + "abcdefghijklmnopqrstuvwxyz"[i % 26] for i in range(400)]
+
+
+def _doc(seed, n=60):
+    rng = np.random.default_rng(seed)
+    return " ".join(rng.choice(WORDS, n)) + ".\n"
+
+
+def _config(inputs, out, **kw):
+    c = get_config()
+    c.inputs, c.output_dir = str(inputs), str(out)
+    c.num_workers = 0
+    c.tokenizer.vocab_size = 450
+    c.split.validation = 0.0
+    for k, v in kw.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    d = tmp_path / "raw"
+    d.mkdir()
+    for i in range(8):
+        (d / f"doc{i}.txt").write_text(_doc(i))
+    with open(d / "more.jsonl", "w") as f:
+        for i in range(8, 14):
+            f.write(json.dumps({"text": _doc(i), "id": i}) + "\n")
+    with gzip.open(d / "packed.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": _doc(20)}) + "\n")
+    return d
+
+
+def _snapshot(d):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(d.rglob("*"))}
+
+
+def test_prepares_text_jsonl_gzip_and_reruns(corpus, tmp_path):
+    before = _snapshot(corpus)
+    out = prepare(_config(corpus, tmp_path / "out"))
+    assert is_prepared(out) and not is_prepared(corpus)
+    assert _snapshot(corpus) == before  # inputs are never modified
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["splits"]["train"]["text"]["documents"] == 15 and meta["dtype"] == "uint16"
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"][0]["documents_out"] == 15
+    batch = next(iter(loaders.pretrain_loader(out, "train", 32, 2, 0, 1)))
+    assert batch["tokens"].shape == (2, 32)
+    # Same inputs and settings: finished work is reused, nothing rewritten.
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    assert prepare(_config(corpus, tmp_path / "out", num_workers=2)) == out
+    assert (out / "meta.json").stat().st_mtime_ns == stamp
+
+
+def test_existing_output_is_never_silently_overwritten(corpus, tmp_path):
+    out = tmp_path / "out"
+    prepare(_config(corpus, out))
+    with pytest.raises(DataError, match="overwrite"):
+        prepare(_config(corpus, out, **{"dedup.threshold": 0.7}))
+    prepare(_config(corpus, out, overwrite=True, **{"dedup.threshold": 0.7}))
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a prepared dataset"):
+        prepare(_config(corpus, other, overwrite=True))
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("content,match,line", [
+    (b'{"text": "fine words here and more"}\n{"text": broken\n', "malformed json", 2),
+    (b'{"text": "fine words here and more"}\n\n{"body": "x"}\n', "no known field", 3),
+    (b'{"text": "ok ok ok ok ok"}\n{"text": "\xff\xfe bad"}\n', "non utf8", 2),
+    (b'{"messages": [{"role": "robot", "content": "x"}]}\n', "unknown role", 1),
+    (b'{"prompt": "p", "chosen": 3, "rejected": "r"}\n', "'chosen'", 1),
+])
+def test_bad_records_name_file_and_line(tmp_path, content, match, line):
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(content)
+    with pytest.raises(DataError, match=match) as e:
+        prepare(_config(src, tmp_path / "out"))
+    assert f"{src}:{line}:" in str(e.value)
+
+
+def test_skip_bad_records_counts_them(tmp_path):
+    src = tmp_path / "mixed.jsonl"
+    good = [json.dumps({"text": _doc(i)}) for i in range(6)]
+    src.write_bytes(("\n".join(good[:3]) + "\n{oops\n" + '{"other": 1}\n').encode()
+                    + b'{"text": "\xff"}\n' + ("\n".join(good[3:]) + "\n").encode())
+    out = prepare(_config(src, tmp_path / "out", skip_bad_records=True))
+    report = json.loads((out / "report.json").read_text())
+    assert report["bad_records"] == {"malformed_json": 1, "missing_field": 1, "non_utf8": 1}
+    assert report["stages"][0]["documents_out"] == 6
+
+
+def test_non_utf8_text_file_missing_path_and_empty_inputs(tmp_path):
+    bad = tmp_path / "latin.txt"
+    bad.write_bytes(b"line one\ncaf\xe9\n")
+    with pytest.raises(DataError, match=r"latin.txt:2: invalid utf-8"):
+        prepare(_config(bad, tmp_path / "o1"))
+    with pytest.raises(DataError, match="does not exist"):
+        prepare(_config(tmp_path / "missing", tmp_path / "o2"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no documents"):
+        prepare(_config(empty, tmp_path / "o3"))
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(DataError, match="no input files"):
+        prepare(_config(tmp_path / "emptydir", tmp_path / "o4"))
+
+
+def test_python_source_decoded_like_python(tmp_path):
+    src = tmp_path / "legacy.py"
+    text = "# -*- coding: latin-1 -*-\n" + "name = 'caf\u00e9'  # " + _doc(1)
+    src.write_bytes(text.encode("latin-1"))
+    out = prepare(_config(src, tmp_path / "out"))
+    assert json.loads((out / "meta.json").read_text())["splits"]["train"]["text"]["documents"]
+
+
+def test_parquet_and_zstd_inputs(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    zstd = pytest.importorskip("zstandard")
+    pq.write_table(pa.table({"body": [_doc(i) for i in range(5)]}), tmp_path / "a.parquet")
+    lines = "".join(json.dumps({"body": _doc(i)}) + "\n" for i in range(5, 9)).encode()
+    (tmp_path / "b.jsonl.zst").write_bytes(zstd.ZstdCompressor().compress(lines))
+    inputs = f"{tmp_path / 'a.parquet'},{tmp_path / 'b.jsonl.zst'}"
+    out = prepare(_config(inputs, tmp_path / "out", text_field="body"))
+    assert json.loads((out / "meta.json").read_text())["splits"]["train"]["text"][
+        "documents"] == 9
+    assert os.path.exists(out / "removed.jsonl")
+
+
+def test_prepare_data_script(corpus, tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    cmd = [sys.executable, "scripts/prepare_data.py", "--config=configs/data.py",
+           f"--config.inputs={corpus}", f"--config.output_dir={tmp_path / 'out'}",
+           "--config.num_workers=0", "--config.tokenizer.vocab_size=450"]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "dedup" in done.stdout and is_prepared(tmp_path / "out")
+    bad = subprocess.run(cmd[:3] + [f"--config.inputs={tmp_path / 'nope'}",
+                                    f"--config.output_dir={tmp_path / 'o2'}"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "does not exist" in bad.stderr

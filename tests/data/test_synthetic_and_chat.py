@@ -1,0 +1,90 @@
+"""Arithmetic generator + verifier, chat template masks, SFT/preference/RL through prepare()."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs.data import get_config
+from llm.data import DataError, chat, loaders, synthetic
+from llm.data.prepare import prepare
+from llm.data.tokenizer import Tokenizer
+
+
+def test_verifier_is_exact():
+    assert synthetic.check_arithmetic_answer("The answer is 42.", "42")
+    assert synthetic.check_arithmetic_answer("so 3 + 4 = 7", 7)
+    assert not synthetic.check_arithmetic_answer("The answer is 421.", "42")
+    assert not synthetic.check_arithmetic_answer("no idea", "42")
+    assert synthetic.check_arithmetic_answer("The answer is -5", "-5")
+
+
+@pytest.mark.parametrize("difficulty", [1, 3, 5])
+def test_answers_are_right(tmp_path, difficulty):
+    paths = synthetic.generate("arithmetic", tmp_path, n=50, difficulty=difficulty, seed=1)
+    for line in paths["rl"].read_text().splitlines():
+        row = json.loads(line)
+        expr = row["prompt"][len("What is "):-1]
+        assert eval(expr) == int(row["answer"])  # noqa: S307
+    for line in paths["preference"].read_text().splitlines():
+        row = json.loads(line)
+        assert row["chosen"] != row["rejected"]
+    with pytest.raises(DataError, match="unknown synthetic generator"):
+        synthetic.generate("nope", tmp_path)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    paths = synthetic.generate("arithmetic", root / "raw", n=120, difficulty=2, seed=0)
+    outs = {}
+    for kind, path in paths.items():
+        c = get_config()
+        c.inputs, c.output_dir, c.num_workers = str(path), str(root / kind), 0
+        c.tokenizer.vocab_size, c.split.validation = 300, 0.0
+        c.dedup.near = False  # templated questions are near duplicates by design
+        c.decontaminate.enabled = False
+        outs[kind] = prepare(c)
+    return outs
+
+
+def test_chat_mask_is_exactly_the_assistant(prepared):
+    tok = Tokenizer.load(prepared["sft"] / "tokenizer")
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"}, {"role": "user", "content": "3+3?"},
+            {"role": "assistant", "content": "6"}]
+    ids, mask = chat.render_messages(tok, msgs)
+    assert len(ids) == len(mask)
+    marked = [i for i, m in zip(ids, mask, strict=True) if m]
+    expected = (tok.encode("4") + [tok.role_ids["end"]] + tok.encode("6")
+                + [tok.role_ids["end"], tok.eos_id])
+    assert marked == expected
+    prompt, _ = chat.render_messages(tok, msgs[:2], add_generation_prompt=True)
+    assert prompt[-1] == tok.role_ids["assistant"]
+    assert chat.render_prompt(tok, "2+2?") == chat.render_messages(
+        tok, [msgs[1]], add_generation_prompt=True)[0]
+
+
+def test_sft_loader_learns_only_answers(prepared):
+    tok = Tokenizer.load(prepared["sft"] / "tokenizer")
+    b = next(iter(loaders.sft_loader(prepared["sft"], "train", 64, 2, 0, 1)))
+    learnt = b["targets"][b["loss_mask"] > 0]
+    text = tok.decode([t for t in learnt if t < tok.vocab_size])
+    assert "The answer is" in text and "What is" not in text
+
+
+def test_preference_and_prompt_loaders(prepared):
+    tok = Tokenizer.load(prepared["preference"] / "tokenizer")
+    b = next(iter(loaders.preference_loader(prepared["preference"], "train", 48, 2, 0, 1)))
+    for r in range(2):
+        c = b["chosen_targets"][r][b["chosen_loss_mask"][r] > 0]
+        j = b["rejected_targets"][r][b["rejected_loss_mask"][r] > 0]
+        assert tok.decode(c).startswith("The answer is") and not np.array_equal(c, j)
+    p = next(iter(loaders.prompt_loader(prepared["rl"], "train", 32, 4, 0, 1)))
+    tok = Tokenizer.load(prepared["rl"] / "tokenizer")
+    for r in range(4):
+        ids = p["prompt_tokens"][r][:p["prompt_lengths"][r]]
+        assert ids[-1] == tok.role_ids["assistant"]
+        question = tok.decode(ids)
+        expr = question[question.index("What is ") + 8:question.index("?")]
+        assert eval(expr) == int(p["answer"][r])  # noqa: S307
