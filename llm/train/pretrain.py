@@ -53,7 +53,8 @@ class PretrainTask(Task):
         train = DataSource(make("train", True, epochs), tokenizer_dir=prepared / "tokenizer",
                            vocab_size=tokenizer.vocab_size,
                            batches_per_epoch=loaders.num_batches(
-                               prepared, "train", config.seq_len, config.batch_size))
+                               prepared, "train", "pretrain", config.seq_len,
+                               config.batch_size))
         evaluation = DataSource(make("validation", False, 1))
         return train, evaluation
 
