@@ -81,7 +81,7 @@ def make_train_step(task: Task, graphdef: nnx.GraphDef, tx: optax.GradientTransf
             grads = jax.tree.map(lambda g: jnp.where(step == inject_nan_step, jnp.nan, g),
                                  grads)
         grads = jax.tree.map(lambda g: g / weight, grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         spike = state["spike"]
