@@ -36,12 +36,19 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
+def _names(path: tuple) -> list[str]:
+    names = [_key_name(k) for k in path] or ["value"]
+    if len(names) > 1 and names[-1] == "value":  # an nnx.Variable's own leaf
+        names.pop()
+    return names
+
+
 def to_saveable(tree: Any) -> dict:
     """Any pytree (nnx.State, optax namedtuples, dicts) → nested dicts with string keys."""
     nested: dict = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         node = nested
-        names = [_key_name(k) for k in path] or ["value"]
+        names = _names(path)
         for name in names[:-1]:
             node = node.setdefault(name, {})
         node[names[-1]] = leaf
@@ -54,7 +61,7 @@ def from_saveable(template: Any, saved: dict) -> Any:
     leaves = []
     for path, _ in paths:
         node = saved
-        for name in [_key_name(k) for k in path] or ["value"]:
+        for name in _names(path):
             node = node[name]
         leaves.append(node)
     return jax.tree_util.tree_unflatten(treedef, leaves)
