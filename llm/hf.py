@@ -288,8 +288,7 @@ def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | N
     np_dtype = np.dtype(cfg.weight_dtype)
     values_out = {}
     for path, var, src, stacked, per_layer_shape, layer in plan:
-        target = flat_shardings[path].value if hasattr(flat_shardings[path], "value") \
-            else flat_shardings[path]
+        target = flat_shardings[path].get_value()
 
         def read(index, i=layer, src=src, shp=per_layer_shape):
             return _read_slice(ckpt, src, i, shp, index, np_dtype)
