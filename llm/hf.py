@@ -68,48 +68,61 @@ class _Source:
     pad_axis: int | None = None
 
 
+# Our parameter path (layer index removed) -> HF name; `{i}` is the layer, `{p}` the GPT-2
+# prefix ("transformer." in checkpoints saved by transformers, "" in the original release).
+_LLAMA_TOP = {
+    "embed": _Source("model.embed_tokens.weight", pad_axis=0),
+    "final_norm/scale": _Source("model.norm.weight"),
+    "lm_head/kernel": _Source("lm_head.weight", transpose=True, pad_axis=1),
+}
+_LLAMA_LAYER = {
+    "attn_norm/scale": "input_layernorm.weight",
+    "mlp_norm/scale": "post_attention_layernorm.weight",
+    "attn/q_norm/scale": "self_attn.q_norm.weight",
+    "attn/k_norm/scale": "self_attn.k_norm.weight",
+    **{f"attn/{m}/bias": f"self_attn.{m}.bias" for m in ("q_proj", "k_proj", "v_proj")},
+}
+_LLAMA_LINEAR = {"attn": "self_attn", "mlp": "mlp"}  # '<module>/<proj>/kernel', transposed
+_GPT2_TOP = {
+    "embed": _Source("{p}wte.weight", pad_axis=0),
+    "pos_embed": _Source("{p}wpe.weight"),
+    "final_norm/scale": _Source("{p}ln_f.weight"),
+    "final_norm/bias": _Source("{p}ln_f.bias"),
+    "lm_head/kernel": _Source("lm_head.weight", transpose=True, pad_axis=1),
+}
+_GPT2_LAYER = {  # Conv1D weights are already [in, out]
+    "attn_norm/scale": "ln_1.weight", "attn_norm/bias": "ln_1.bias",
+    "mlp_norm/scale": "ln_2.weight", "mlp_norm/bias": "ln_2.bias",
+    "attn/o_proj/kernel": "attn.c_proj.weight", "attn/o_proj/bias": "attn.c_proj.bias",
+    "mlp/up_proj/kernel": "mlp.c_fc.weight", "mlp/up_proj/bias": "mlp.c_fc.bias",
+    "mlp/down_proj/kernel": "mlp.c_proj.weight", "mlp/down_proj/bias": "mlp.c_proj.bias",
+}
+_GPT2_FUSED = ("q_proj", "k_proj", "v_proj")  # column blocks of attn.c_attn
+
+
 def _source(cfg: ModelConfig, path: Path, prefix: str) -> _Source:
     """The HF source of our parameter `path` (layer index removed), or HFError."""
-    key = "/".join(path)
+    key, sub = "/".join(path), "/".join(path[1:])
+    in_layer = path[0] == "layers"
     if cfg.family == "gpt2":
-        D = cfg.d_model
-        qkv = {"q_proj": (0, D), "k_proj": (D, 2 * D), "v_proj": (2 * D, 3 * D)}
-        layer = {"attn_norm/scale": "ln_1.weight", "attn_norm/bias": "ln_1.bias",
-                 "mlp_norm/scale": "ln_2.weight", "mlp_norm/bias": "ln_2.bias",
-                 "attn/o_proj/kernel": "attn.c_proj.weight", "attn/o_proj/bias": "attn.c_proj.bias",
-                 "mlp/up_proj/kernel": "mlp.c_fc.weight", "mlp/up_proj/bias": "mlp.c_fc.bias",
-                 "mlp/down_proj/kernel": "mlp.c_proj.weight",
-                 "mlp/down_proj/bias": "mlp.c_proj.bias"}
-        top = {"embed": _Source(prefix + "wte.weight", pad_axis=0),
-               "pos_embed": _Source(prefix + "wpe.weight"),
-               "final_norm/scale": _Source(prefix + "ln_f.weight"),
-               "final_norm/bias": _Source(prefix + "ln_f.bias"),
-               "lm_head/kernel": _Source("lm_head.weight", transpose=True, pad_axis=1)}
-        if key in top:
-            return top[key]
-        if path[0] == "layers" and "/".join(path[1:]) in layer:
-            return _Source(f"{prefix}h.{{i}}." + layer["/".join(path[1:])])
-        if path[0] == "layers" and path[2] in qkv:
-            return _Source(f"{prefix}h.{{i}}.attn.c_attn.{'weight' if path[3] == 'kernel' else 'bias'}",
-                           columns=qkv[path[2]])
+        if key in _GPT2_TOP:
+            top = _GPT2_TOP[key]
+            return dataclasses.replace(top, name=top.name.format(p=prefix))
+        if in_layer and sub in _GPT2_LAYER:
+            return _Source(f"{prefix}h.{{i}}.{_GPT2_LAYER[sub]}")
+        if in_layer and len(path) == 4 and path[2] in _GPT2_FUSED:
+            block = _GPT2_FUSED.index(path[2])
+            kind = "weight" if path[3] == "kernel" else "bias"
+            return _Source(f"{prefix}h.{{i}}.attn.c_attn.{kind}",
+                           columns=(block * cfg.d_model, (block + 1) * cfg.d_model))
     else:
-        layer = {"attn_norm/scale": "input_layernorm.weight",
-                 "mlp_norm/scale": "post_attention_layernorm.weight",
-                 "attn/q_norm/scale": "self_attn.q_norm.weight",
-                 "attn/k_norm/scale": "self_attn.k_norm.weight"}
-        top = {"embed": _Source("model.embed_tokens.weight", pad_axis=0),
-               "final_norm/scale": _Source("model.norm.weight"),
-               "lm_head/kernel": _Source("lm_head.weight", transpose=True, pad_axis=1)}
-        if key in top:
-            return top[key]
-        sub = "/".join(path[1:])
-        if path[0] == "layers" and sub in layer:
-            return _Source("model.layers.{i}." + layer[sub])
-        if path[0] == "layers" and len(path) == 4 and path[1] in ("attn", "mlp"):
-            module = "self_attn" if path[1] == "attn" else "mlp"
-            kernel = path[3] == "kernel"
-            return _Source(f"model.layers.{{i}}.{module}.{path[2]}."
-                           f"{'weight' if kernel else 'bias'}", transpose=kernel)
+        if key in _LLAMA_TOP:
+            return _LLAMA_TOP[key]
+        if in_layer and sub in _LLAMA_LAYER:
+            return _Source(f"model.layers.{{i}}.{_LLAMA_LAYER[sub]}")
+        if in_layer and len(path) == 4 and path[1] in _LLAMA_LINEAR and path[3] == "kernel":
+            return _Source(f"model.layers.{{i}}.{_LLAMA_LINEAR[path[1]]}.{path[2]}.weight",
+                           transpose=True)
     raise HFError(f"parameter {key!r} has no Hugging Face counterpart")
 
 
@@ -226,7 +239,7 @@ def _place(shape: tuple[int, ...], sharding: jax.sharding.Sharding,
     return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stack_fns(shape: tuple[int, ...], dtype: Any, sharding: jax.sharding.Sharding):
     zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
     put = jax.jit(lambda stacked, layer, i: jax.lax.dynamic_update_index_in_dim(

@@ -94,16 +94,16 @@ def torch_logits(model, tokens_BT) -> np.ndarray:
 
 
 def our_greedy(graphdef, params, prompt_BT: np.ndarray, n: int):
-    """Greedy continuation by full recompute on a fixed-size buffer (one compile)."""
+    """Greedy continuation by full recompute on a causal, fixed-size buffer (one compile)."""
     B, P = prompt_BT.shape
-    buf = np.zeros((B, P + n), np.int32)
+    buf = np.zeros((B, max(P + n, SEQ)), np.int32)
     buf[:, :P] = prompt_BT
     step_logits = []
     for t in range(n):
         logits = np.asarray(_apply(graphdef, params, buf))[:, P + t - 1, :VOCAB]
         buf[:, P + t] = logits.argmax(-1)
         step_logits.append(logits)
-    return buf[:, P:], np.stack(step_logits, 1)
+    return buf[:, P:P + n], np.stack(step_logits, 1)
 
 
 def assert_same_greedy(ours_BN, logits_BNV, theirs_BN):
