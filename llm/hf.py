@@ -8,12 +8,11 @@ sharded buffer. Peak host memory stays about one tensor above the final arrays.
 
 Export writes one tensor at a time into safetensors shards (+ `model.safetensors.index.json`),
 with config.json, generation_config.json and the tokenizer files, padded vocabulary rows
-stripped. The name mapping lives in one table (`_source`) used by both directions.
+stripped. The name mapping (`llm.hf_config.source`) serves both directions.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -33,10 +32,14 @@ from llm import sharding as sharding_lib
 from llm.hf_config import (
     GPT2_ARCHITECTURES,
     HFError,
+    Path,
+    Source,
     architecture,
     hf_config_json,
+    layer_split,
     load_config_json,
     model_config_from_hf,
+    source,
 )
 from llm.model import ModelConfig, Transformer
 
@@ -49,90 +52,6 @@ SAFETENSORS_DTYPES = {"float32": ("F32", np.float32), "bfloat16": ("BF16", ml_dt
                       "float16": ("F16", np.float16)}
 # Buffers some checkpoints carry that the model recomputes.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias")
-
-Path = tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Source:
-    """Where one (per-layer) parameter lives in the HF checkpoint.
-
-    `name` has `{i}` for the layer; `transpose` for torch Linear [out, in] weights; `columns`
-    = (start, stop) of our last axis inside a fused HF tensor (GPT-2 c_attn); `pad_axis` is
-    our vocabulary axis, padded with zero rows beyond the HF vocabulary.
-    """
-
-    name: str
-    transpose: bool = False
-    columns: tuple[int, int] | None = None
-    pad_axis: int | None = None
-
-
-# Our parameter path (layer index removed) -> HF name; `{i}` is the layer, `{p}` the GPT-2
-# prefix ("transformer." in checkpoints saved by transformers, "" in the original release).
-_LLAMA_TOP = {
-    "embed": _Source("model.embed_tokens.weight", pad_axis=0),
-    "final_norm/scale": _Source("model.norm.weight"),
-    "lm_head/kernel": _Source("lm_head.weight", transpose=True, pad_axis=1),
-}
-_LLAMA_LAYER = {
-    "attn_norm/scale": "input_layernorm.weight",
-    "mlp_norm/scale": "post_attention_layernorm.weight",
-    "attn/q_norm/scale": "self_attn.q_norm.weight",
-    "attn/k_norm/scale": "self_attn.k_norm.weight",
-    **{f"attn/{m}/bias": f"self_attn.{m}.bias" for m in ("q_proj", "k_proj", "v_proj")},
-}
-_LLAMA_LINEAR = {"attn": "self_attn", "mlp": "mlp"}  # '<module>/<proj>/kernel', transposed
-_GPT2_TOP = {
-    "embed": _Source("{p}wte.weight", pad_axis=0),
-    "pos_embed": _Source("{p}wpe.weight"),
-    "final_norm/scale": _Source("{p}ln_f.weight"),
-    "final_norm/bias": _Source("{p}ln_f.bias"),
-    "lm_head/kernel": _Source("lm_head.weight", transpose=True, pad_axis=1),
-}
-_GPT2_LAYER = {  # Conv1D weights are already [in, out]
-    "attn_norm/scale": "ln_1.weight", "attn_norm/bias": "ln_1.bias",
-    "mlp_norm/scale": "ln_2.weight", "mlp_norm/bias": "ln_2.bias",
-    "attn/o_proj/kernel": "attn.c_proj.weight", "attn/o_proj/bias": "attn.c_proj.bias",
-    "mlp/up_proj/kernel": "mlp.c_fc.weight", "mlp/up_proj/bias": "mlp.c_fc.bias",
-    "mlp/down_proj/kernel": "mlp.c_proj.weight", "mlp/down_proj/bias": "mlp.c_proj.bias",
-}
-_GPT2_FUSED = ("q_proj", "k_proj", "v_proj")  # column blocks of attn.c_attn
-
-
-def _source(cfg: ModelConfig, path: Path, prefix: str) -> _Source:
-    """The HF source of our parameter `path` (layer index removed), or HFError."""
-    key, sub = "/".join(path), "/".join(path[1:])
-    in_layer = path[0] == "layers"
-    if cfg.family == "gpt2":
-        if key in _GPT2_TOP:
-            top = _GPT2_TOP[key]
-            return dataclasses.replace(top, name=top.name.format(p=prefix))
-        if in_layer and sub in _GPT2_LAYER:
-            return _Source(f"{prefix}h.{{i}}.{_GPT2_LAYER[sub]}")
-        if in_layer and len(path) == 4 and path[2] in _GPT2_FUSED:
-            block = _GPT2_FUSED.index(path[2])
-            kind = "weight" if path[3] == "kernel" else "bias"
-            return _Source(f"{prefix}h.{{i}}.attn.c_attn.{kind}",
-                           columns=(block * cfg.d_model, (block + 1) * cfg.d_model))
-    else:
-        if key in _LLAMA_TOP:
-            return _LLAMA_TOP[key]
-        if in_layer and sub in _LLAMA_LAYER:
-            return _Source(f"model.layers.{{i}}.{_LLAMA_LAYER[sub]}")
-        if in_layer and len(path) == 4 and path[1] in _LLAMA_LINEAR and path[3] == "kernel":
-            return _Source(f"model.layers.{{i}}.{_LLAMA_LINEAR[path[1]]}.{path[2]}.weight",
-                           transpose=True)
-    raise HFError(f"parameter {key!r} has no Hugging Face counterpart")
-
-
-def _layer_split(path: tuple[Any, ...], cfg: ModelConfig) -> tuple[Path, int | None]:
-    """Strip the layer index from an unscanned path: (('layers', 3, 'attn', ...)) -> (.., 3)."""
-    path = tuple(str(p) for p in path)
-    if path[0] == "layers" and not cfg.scan_layers:
-        return (path[0], *path[2:]), int(path[1])
-    return path, None
-
 
 class _Checkpoint:
     """Tensor names -> safetensors files of one HF directory; reads slices on demand."""
@@ -179,7 +98,7 @@ def _bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> list[tuple[int,
     return [s.indices(n)[:2] for s, n in zip(index, shape, strict=True)]
 
 
-def _read_slice(ckpt: _Checkpoint, src: _Source, layer: int | None, shape: tuple[int, ...],
+def _read_slice(ckpt: _Checkpoint, src: Source, layer: int | None, shape: tuple[int, ...],
                 index: tuple[slice, ...], dtype: Any) -> np.ndarray:
     """Our slice `index` of a per-layer parameter of `shape`, read from its HF tensor."""
     name = src.name.format(i=layer)
@@ -200,7 +119,7 @@ def _read_slice(ckpt: _Checkpoint, src: _Source, layer: int | None, shape: tuple
     return out
 
 
-def _expected_hf_shape(src: _Source, shape: tuple[int, ...], vocab: int) -> tuple[int, ...]:
+def _expected_hf_shape(src: Source, shape: tuple[int, ...], vocab: int) -> tuple[int, ...]:
     """The HF tensor shape implied by our per-layer `shape` (vocab unpadded, fused widths)."""
     hf = list(shape)
     if src.pad_axis is not None:
@@ -210,7 +129,7 @@ def _expected_hf_shape(src: _Source, shape: tuple[int, ...], vocab: int) -> tupl
     return tuple(hf[::-1] if src.transpose else hf)
 
 
-def _check_shape(ckpt: _Checkpoint, src: _Source, name: str, shape: tuple[int, ...],
+def _check_shape(ckpt: _Checkpoint, src: Source, name: str, shape: tuple[int, ...],
                  vocab: int) -> None:
     if name not in ckpt.shapes:
         raise HFError(f"{ckpt.hf_dir}: missing tensor {name!r}")
@@ -282,8 +201,8 @@ def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | N
     plan = []
     used = set()
     for path, var in flat:
-        our, layer = _layer_split(path, cfg)
-        src = _source(cfg, our, prefix)
+        our, layer = layer_split(path, cfg)
+        src = source(cfg, our, prefix)
         stacked = cfg.scan_layers and our[0] == "layers"
         per_layer_shape = tuple(var.shape[1:]) if stacked else tuple(var.shape)
         layers = range(cfg.n_layers) if stacked else [layer]
@@ -362,10 +281,10 @@ def _export_plan(cfg: ModelConfig, flat: dict[Path, Any], dtype: Any
                  ) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
     """(HF name, HF shape, build) per HF tensor, in checkpoint order; nothing read yet."""
     prefix = "transformer." if cfg.family == "gpt2" else ""
-    groups: dict[str, list[tuple[_Source, Any, int | None, tuple[int, ...]]]] = {}
+    groups: dict[str, list[tuple[Source, Any, int | None, tuple[int, ...]]]] = {}
     for path in sorted(flat):
-        our, layer = _layer_split(path, cfg)
-        src = _source(cfg, our, prefix)
+        our, layer = layer_split(path, cfg)
+        src = source(cfg, our, prefix)
         array = flat[path]
         stacked = cfg.scan_layers and our[0] == "layers"
         shape = tuple(array.shape[1:]) if stacked else tuple(array.shape)

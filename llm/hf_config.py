@@ -1,4 +1,4 @@
-"""Hugging Face `config.json` <-> `ModelConfig`, and the one error type of the HF bridge.
+"""Hugging Face `config.json` <-> `ModelConfig`, tensor names, and the HF bridge's error type.
 
 Reads both the transformers 4.x layout (`rope_theta` and `rope_scaling` at the top level) and
 the 5.x layout (`rope_parameters`), and writes both so either version loads an export.
@@ -15,6 +15,8 @@ import os
 from typing import Any
 
 from llm.model import ModelConfig
+
+Path = tuple[str, ...]
 
 LLAMA_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -52,6 +54,87 @@ class _Fields:
         allowed = ok if isinstance(ok, tuple) else (ok,)
         if value is not None and value not in allowed:
             raise HFError(f"{self.path}: {key}={value!r} is not supported ({why})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one (per-layer) parameter lives in the HF checkpoint.
+
+    `name` has `{i}` for the layer; `transpose` for torch Linear [out, in] weights; `columns`
+    = (start, stop) of our last axis inside a fused HF tensor (GPT-2 c_attn); `pad_axis` is
+    our vocabulary axis, padded with zero rows beyond the HF vocabulary.
+    """
+
+    name: str
+    transpose: bool = False
+    columns: tuple[int, int] | None = None
+    pad_axis: int | None = None
+
+
+# Our parameter path (layer index removed) -> HF name; `{i}` is the layer, `{p}` the GPT-2
+# prefix ("transformer." in checkpoints saved by transformers, "" in the original release).
+_LLAMA_TOP = {
+    "embed": Source("model.embed_tokens.weight", pad_axis=0),
+    "final_norm/scale": Source("model.norm.weight"),
+    "lm_head/kernel": Source("lm_head.weight", transpose=True, pad_axis=1),
+}
+_LLAMA_LAYER = {
+    "attn_norm/scale": "input_layernorm.weight",
+    "mlp_norm/scale": "post_attention_layernorm.weight",
+    "attn/q_norm/scale": "self_attn.q_norm.weight",
+    "attn/k_norm/scale": "self_attn.k_norm.weight",
+    **{f"attn/{m}/bias": f"self_attn.{m}.bias" for m in ("q_proj", "k_proj", "v_proj")},
+}
+_LLAMA_LINEAR = {"attn": "self_attn", "mlp": "mlp"}  # '<module>/<proj>/kernel', transposed
+_GPT2_TOP = {
+    "embed": Source("{p}wte.weight", pad_axis=0),
+    "pos_embed": Source("{p}wpe.weight"),
+    "final_norm/scale": Source("{p}ln_f.weight"),
+    "final_norm/bias": Source("{p}ln_f.bias"),
+    "lm_head/kernel": Source("lm_head.weight", transpose=True, pad_axis=1),
+}
+_GPT2_LAYER = {  # Conv1D weights are already [in, out]
+    "attn_norm/scale": "ln_1.weight", "attn_norm/bias": "ln_1.bias",
+    "mlp_norm/scale": "ln_2.weight", "mlp_norm/bias": "ln_2.bias",
+    "attn/o_proj/kernel": "attn.c_proj.weight", "attn/o_proj/bias": "attn.c_proj.bias",
+    "mlp/up_proj/kernel": "mlp.c_fc.weight", "mlp/up_proj/bias": "mlp.c_fc.bias",
+    "mlp/down_proj/kernel": "mlp.c_proj.weight", "mlp/down_proj/bias": "mlp.c_proj.bias",
+}
+_GPT2_FUSED = ("q_proj", "k_proj", "v_proj")  # column blocks of attn.c_attn
+
+
+def source(cfg: ModelConfig, path: Path, prefix: str) -> Source:
+    """The HF source of our parameter `path` (layer index removed), or HFError."""
+    key, sub = "/".join(path), "/".join(path[1:])
+    in_layer = path[0] == "layers"
+    if cfg.family == "gpt2":
+        if key in _GPT2_TOP:
+            top = _GPT2_TOP[key]
+            return dataclasses.replace(top, name=top.name.format(p=prefix))
+        if in_layer and sub in _GPT2_LAYER:
+            return Source(f"{prefix}h.{{i}}.{_GPT2_LAYER[sub]}")
+        if in_layer and len(path) == 4 and path[2] in _GPT2_FUSED:
+            block = _GPT2_FUSED.index(path[2])
+            kind = "weight" if path[3] == "kernel" else "bias"
+            return Source(f"{prefix}h.{{i}}.attn.c_attn.{kind}",
+                           columns=(block * cfg.d_model, (block + 1) * cfg.d_model))
+    else:
+        if key in _LLAMA_TOP:
+            return _LLAMA_TOP[key]
+        if in_layer and sub in _LLAMA_LAYER:
+            return Source(f"model.layers.{{i}}.{_LLAMA_LAYER[sub]}")
+        if in_layer and len(path) == 4 and path[1] in _LLAMA_LINEAR and path[3] == "kernel":
+            return Source(f"model.layers.{{i}}.{_LLAMA_LINEAR[path[1]]}.{path[2]}.weight",
+                           transpose=True)
+    raise HFError(f"parameter {key!r} has no Hugging Face counterpart")
+
+
+def layer_split(path: tuple[Any, ...], cfg: ModelConfig) -> tuple[Path, int | None]:
+    """Strip the layer index from an unscanned path: (('layers', 3, 'attn', ...)) -> (.., 3)."""
+    path = tuple(str(p) for p in path)
+    if path[0] == "layers" and not cfg.scan_layers:
+        return (path[0], *path[2:]), int(path[1])
+    return path, None
 
 
 def load_config_json(hf_dir: str) -> dict[str, Any]:
