@@ -103,7 +103,7 @@ def _read_slice(ckpt: _Checkpoint, src: Source, layer: int | None, shape: tuple[
     """Our slice `index` of a per-layer parameter of `shape`, read from its HF tensor."""
     name = src.name.format(i=layer)
     bounds = _bounds(index, shape)
-    out = np.zeros([b - a for a, b in bounds], dtype)
+    out_shape = tuple(b - a for a, b in bounds)
     want = list(bounds)
     if src.pad_axis is not None:  # rows beyond the HF vocabulary stay zero
         hf_vocab = ckpt.shapes[name][0]
@@ -114,9 +114,27 @@ def _read_slice(ckpt: _Checkpoint, src: Source, layer: int | None, shape: tuple[
         want[-1] = (a + src.columns[0], b + src.columns[0])
     hf_index = tuple(slice(a, b) for a, b in (want[::-1] if src.transpose else want))
     data = ckpt.read(name, hf_index)
-    data = data.T if src.transpose else data
+    if src.transpose:
+        data = _transpose(data)
+    data = data.astype(dtype, copy=False)
+    if data.shape == out_shape:
+        return data
+    out = np.zeros(out_shape, dtype)  # vocabulary padding: zero rows
     out[tuple(slice(0, n) for n in data.shape)] = data
     return out
+
+
+def _transpose(x: np.ndarray, block: int = 128) -> np.ndarray:
+    """A contiguous 2-D transpose, tile by tile (cache-friendly; ~2x numpy's strided copy).
+
+    Works on an integer view of the same width: numpy copies bfloat16 element by element.
+    """
+    bits = x.view(np.dtype(f"u{x.dtype.itemsize}"))
+    out = np.empty(x.shape[::-1], bits.dtype)
+    for i in range(0, x.shape[0], block):
+        for j in range(0, x.shape[1], block):
+            out[j:j + block, i:i + block] = bits[i:i + block, j:j + block].T
+    return out.view(x.dtype)
 
 
 def _expected_hf_shape(src: Source, shape: tuple[int, ...], vocab: int) -> tuple[int, ...]:
