@@ -1,0 +1,96 @@
+"""scripts/convert_hf.py: HF dir -> workdir -> HF dir, tokenizer and chat template included."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8")
+
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+from flax import nnx  # noqa: E402
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from llm import hf  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+
+
+@pytest.fixture(scope="module")
+def script():
+    """The script as a module (absl flags may only be defined once per process)."""
+    spec = importlib.util.spec_from_file_location(
+        "convert_hf", os.path.join(ROOT, "scripts", "convert_hf.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(script, *args: str) -> None:
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["convert_hf", *args])
+    script.main([])
+
+
+def save_tokenizer(path: str) -> None:
+    vocab = {f"w{i}": i for i in range(200)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0",
+                                                eos_token="w1", bos_token="w2")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+
+
+def test_import_workdir_then_export_round_trip(script, tmp_path):
+    config = transformers.Qwen3Config(
+        vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, intermediate_size=96, max_position_embeddings=64,
+        tie_word_embeddings=False, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    src, work, dst = (str(tmp_path / d) for d in ("src", "work", "dst"))
+    model.save_pretrained(src)
+    save_tokenizer(src)
+
+    run(script, "--mode=import", f"--hf_dir={src}", f"--out={work}")
+    with open(os.path.join(work, "config.json")) as f:
+        assert json.load(f)["model"]["qk_norm"] is True
+    assert os.path.isdir(os.path.join(work, "checkpoints", "0"))
+    assert os.path.isfile(os.path.join(work, "tokenizer", "tokenizer.json"))
+
+    run(script, "--mode=export", f"--checkpoint={work}", f"--hf_dir={dst}", "--dtype=float32")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(dst).eval()
+    x = torch.tensor(np.random.RandomState(0).randint(0, 200, (2, 12)))
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(x).logits.numpy(), model(x).logits.numpy(),
+                                   atol=1e-5, rtol=0)
+    tok = transformers.AutoTokenizer.from_pretrained(dst)
+    assert tok.chat_template == CHAT_TEMPLATE
+    assert tok.apply_chat_template([{"role": "user", "content": "w5"}], tokenize=False) \
+        == "<user>w5"
+    assert loaded.generation_config.eos_token_id == 1
+
+    # a checkpoints/<step> directory works as well, and the params survive unchanged
+    cfg, _, params, tokenizer_dir = script.load_workdir(os.path.join(work, "checkpoints", "0"))
+    _, _, direct, _ = hf.import_hf(src)
+    assert tokenizer_dir == os.path.join(work, "tokenizer")
+    flat = {k: v for k, v in nnx.to_flat_state(nnx.State(params))}
+    for key, value in nnx.to_flat_state(direct):
+        np.testing.assert_array_equal(np.asarray(flat[key]), np.asarray(value[...]))
+
+
+def test_merge_lora_without_lora_module_is_a_clear_error(script, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "llm.lora", None)
+    with pytest.raises(script.ConvertError, match="merge_params"):
+        script.merge_lora(None, {})
