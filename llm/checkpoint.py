@@ -209,9 +209,13 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
         return LoadedModel(model_cfg, graphdef, params, tokenizer_dir)
     step_dir = resolve_step_dir(init_from)
     config_file = step_dir / "config" / "metadata"
+    if not config_file.exists():  # older layouts keep it beside the checkpoints only
+        config_file = step_dir.parent.parent / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{step_dir}: the checkpoint holds no config")
     config = json.loads(config_file.read_text())
+    if "model" not in config:
+        raise CheckpointError(f"{config_file}: no 'model' section")
     values = {k: v for k, v in config["model"].items() if k != "size"}
     values.update(model_overrides or {})
     model_cfg = ModelConfig.from_dict(values)
@@ -237,3 +241,30 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
     tokenizer_dir = workdir / "tokenizer" if (workdir / "tokenizer").is_dir() else None
     return LoadedModel(model_cfg, graphdef, params, tokenizer_dir, config)
 
+
+
+def save_params(workdir: str | os.PathLike, model_cfg: Any, params: Any,
+                tokenizer_dir: str | os.PathLike | None = None, step: int = 0) -> pathlib.Path:
+    """Write a workdir that `init_from=DIR` and `load_model` read: params, config, tokenizer."""
+    import shutil
+
+    workdir = pathlib.Path(workdir).absolute()
+    if (workdir / "checkpoints").exists():
+        raise CheckpointError(f"{workdir}: already holds checkpoints; choose a new directory")
+    config = {"model": dataclasses.asdict(model_cfg)}
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=1, async_save=False)
+    checkpointer.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave({"params": to_saveable(params)}),
+        config=ocp.args.JsonSave(config)), force=True)
+    checkpointer.close()
+    (workdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    if tokenizer_dir is not None and pathlib.Path(tokenizer_dir).is_dir():
+        from llm import hf
+
+        (workdir / "tokenizer").mkdir(exist_ok=True)
+        for name in hf.TOKENIZER_FILES:
+            source = pathlib.Path(tokenizer_dir) / name
+            if source.is_file():
+                shutil.copyfile(source, workdir / "tokenizer" / name)
+    return workdir

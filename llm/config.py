@@ -208,3 +208,23 @@ def changed_keys(saved: dict, current: dict, safe: Iterable[str] = RESUME_SAFE_K
             continue
         changed.append(key)
     return changed
+
+
+_CLI: dict[str, Any] = {}
+
+
+def absl_flags_parser(argv: list[str]) -> list[str]:
+    """absl `flags_parser`: keeps --config / --config.* for `cli_config`, parses the rest."""
+    from absl import flags
+
+    spec, overrides, rest = split_argv(argv[1:])
+    flags.FLAGS([argv[0], *rest])
+    _CLI.update(spec=spec, overrides=overrides)
+    return [argv[0]]
+
+
+def cli_config() -> ml_collections.ConfigDict:
+    """The config named on the command line (after `absl_flags_parser` ran)."""
+    if not _CLI.get("spec"):
+        raise ConfigError("--config=configs/<task>.py[:args] is required")
+    return load_config(_CLI["spec"], _CLI["overrides"])

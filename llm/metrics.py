@@ -110,8 +110,8 @@ def truncate_tensorboard(tb_dir: pathlib.Path, last_step: int) -> None:
     writer.close()
     for file in files:
         file.unlink()
-    for file in staging.iterdir():
-        file.rename(tb_dir / file.name)
+    for file in staging.iterdir():  # a distinct name: the next writer may reuse the second
+        file.rename(tb_dir / f"{file.name}.resumed")
     staging.rmdir()
 
 

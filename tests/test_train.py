@@ -73,9 +73,10 @@ def test_resume_truncates_logs_to_the_checkpoint(tmp_path):
     train(config, SyntheticTask(config))
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+    from tensorboardX.proto import event_pb2
+
     from llm.metrics import _read_records
 
-    from tensorboardX.proto import event_pb2
     events = [event_pb2.Event.FromString(r) for f in (tmp_path / "tb").iterdir()
               for r in _read_records(f)]
     loss_steps = sorted(e.step for e in events if e.HasField("summary")
