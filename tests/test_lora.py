@@ -33,6 +33,19 @@ def tokens(seed=0, batch=4, length=17):
     return jax.random.randint(jax.random.key(seed), (batch, length), 0, TINY.vocab_size)
 
 
+_forward = jax.jit(lambda graphdef, state, batch: nnx.merge(graphdef, state)(batch)[0],
+                   static_argnums=0)
+
+
+def logits(model_or_graphdef, *states, batch=None):
+    """Jitted forward (eager op-by-op is slow on a shared CPU)."""
+    if states:
+        graphdef, state = model_or_graphdef, nnx.merge_state(*states)
+    else:
+        graphdef, state = nnx.split(model_or_graphdef)
+    return _forward(graphdef, state, tokens() if batch is None else batch)
+
+
 def make_step(graphdef, opt):
     """A hand-written training step in the loop's shape: grads w.r.t. params only."""
     def loss_fn(params, frozen, batch):
@@ -64,9 +77,9 @@ def train(model, peft_cfg, steps=8, lr=3e-2):
 def test_fresh_lora_equals_base_exactly(scan):
     cfg = dataclasses.replace(TINY, scan_layers=scan)
     model = Transformer(cfg, nnx.Rngs(0))
-    base, _ = model(tokens())
+    base = logits(model)
     peft.apply_peft(model, lora_cfg(dropout=0.1), nnx.Rngs(1))
-    out, _ = model(tokens())
+    out = logits(model)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(base))
     adapters = lora.adapter_state(nnx.state(model))
     n_targets = 7 if scan else 14
@@ -134,14 +147,14 @@ def test_training_moves_adapters_only(trained):
 
 def test_merged_logits_equal_unmerged(trained):
     _, graphdef, params, frozen, _, _ = trained
-    unmerged, _ = nnx.merge(graphdef, params, frozen)(tokens(seed=3))
+    unmerged = logits(graphdef, params, frozen, batch=tokens(seed=3))
     merged_graphdef, merged = lora.merge_params(graphdef, params, frozen)
     model = nnx.merge(merged_graphdef, merged)
     assert not any(isinstance(m, lora.LoRADense) for _, m in nnx.iter_modules(model))
     assert "layers/attn/q_proj/kernel" in {lora.module_path(p) for p, _ in
                                            nnx.to_flat_state(merged)}
-    out, _ = model(tokens(seed=3))
-    again, _ = nnx.merge(graphdef, params, frozen)(tokens(seed=3))  # inputs not mutated
+    out = logits(merged_graphdef, merged, batch=tokens(seed=3))
+    again = logits(graphdef, params, frozen, batch=tokens(seed=3))  # inputs not mutated
     np.testing.assert_array_equal(np.asarray(again), np.asarray(unmerged))
     np.testing.assert_allclose(np.asarray(out), np.asarray(unmerged), atol=2e-5, rtol=1e-5)
 
@@ -164,8 +177,8 @@ def test_adapter_checkpoint_roundtrip_and_checks(trained, tmp_path):
     peft.apply_peft(model, lora_cfg(), nnx.Rngs(7))
     graphdef2, state2 = nnx.split(model)
     loaded = lora.load_adapters(str(tmp_path / "adapters"), graphdef2, state2)
-    want, _ = nnx.merge(graphdef, params, frozen)(tokens(seed=4))
-    got, _ = nnx.merge(graphdef2, loaded)(tokens(seed=4))
+    want = logits(graphdef, params, frozen, batch=tokens(seed=4))
+    got = logits(graphdef2, loaded, batch=tokens(seed=4))
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
     # A different base, or adapters whose shapes do not fit: one clear error each.
@@ -184,7 +197,7 @@ def test_dropout_uses_the_step_key():
     peft.apply_peft(model, lora_cfg(dropout=0.5), nnx.Rngs(1))
     graphdef, params, frozen = nnx.split(model, nnx.LoRAParam, ...)
     params = jax.tree.map(lambda x: x + 0.1, params)  # make B non-zero
-    evaluate = lambda fz: nnx.merge(graphdef, params, fz)(tokens())[0]  # noqa: E731
+    evaluate = lambda fz: logits(graphdef, params, fz)  # noqa: E731
     off1, off2 = evaluate(frozen), evaluate(frozen)
     np.testing.assert_array_equal(off1, off2)  # zero keys: no dropout
     on1 = evaluate(peft.with_dropout_rng(frozen, jax.random.key(1)))
@@ -202,7 +215,7 @@ def test_lora_on_8_device_mesh_matches_unsharded():
     peft.apply_peft(model, lora_cfg(), nnx.Rngs(1))
     graphdef, params, frozen = nnx.split(model, nnx.LoRAParam, ...)
     params = jax.tree.map(lambda x: x + 0.01, params)
-    want, _ = nnx.merge(graphdef, params, frozen)(tokens())
+    want = logits(graphdef, params, frozen)
     p_shard = sharding.state_shardings(params, mesh)
     f_shard = sharding.state_shardings(frozen, mesh)
     spec = p_shard["layers"]["attn"]["q_proj"]["lora_a"].spec
