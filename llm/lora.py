@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from llm import model as model_lib
+from llm import quant
 
 DEFAULT_TARGETS = r"(attn/[qkvo]_proj|mlp/(gate|up|down)_proj)$"
 PREFIX_NAMES = ("prefix_k", "prefix_v", "prefix_gate")
@@ -107,8 +108,6 @@ def module_path(path: tuple[Any, ...]) -> str:
 
 def linear_modules(model: nnx.Module) -> Iterator[tuple[tuple[Any, ...], nnx.Module]]:
     """(path, module) of every linear module (Dense, QuantDense, LoRADense), outermost first."""
-    from llm import quant  # quant imports this module's helpers lazily too
-
     kinds = (model_lib.Dense, quant.QuantDense, LoRADense)
     for path, module in nnx.iter_modules(model):
         if isinstance(module, kinds) and not _inside(path, model, LoRADense):
@@ -162,17 +161,16 @@ def inject_lora(model: nnx.Module, rank: int, alpha: float, *,
         raise LoRAConfigError(f"peft.alpha={alpha!r}: expected a positive number")
     if not 0.0 <= dropout < 1.0:
         raise LoRAConfigError(f"peft.dropout={dropout!r}: expected a rate in [0, 1)")
-    from llm import quant
-
     paths = select_modules(model, target_modules, kinds=(model_lib.Dense, quant.QuantDense))
     for path in paths:
-        base = _get(model, path)
+        base = get_module(model, path)
         replace_module(model, path, LoRADense(base, rank, alpha, dropout=dropout,
                                               rslora=rslora, rngs=rngs))
     return model
 
 
-def _get(root: nnx.Module, path: tuple[Any, ...]) -> nnx.Module:
+def get_module(root: nnx.Module, path: tuple[Any, ...]) -> nnx.Module:
+    """The submodule at `path` (attribute names and nnx.List indices)."""
     node = root
     for key in path:
         node = node[key] if isinstance(key, int) else getattr(node, key)
@@ -282,7 +280,7 @@ def load_adapters(path: str, graphdef: nnx.GraphDef, params: Any,
                  for k in sorted(set(saved) & set(flat)) if saved[k].shape != flat[k].shape]
     if problems:
         raise LoRAConfigError(f"adapter checkpoint {path} does not fit the model "
-                              f"(check peft.rank / peft.target_modules / peft.prefix_len): "
+                              "(check peft.rank / peft.target_modules / peft.prefix_len): "
                               + "; ".join(problems[:8]))
     if check_base:
         actual = base_hash(params)
@@ -309,8 +307,6 @@ def load_adapters(path: str, graphdef: nnx.GraphDef, params: Any,
 def merge_params(graphdef: nnx.GraphDef, params: Any, *rest: Any
                  ) -> tuple[nnx.GraphDef, nnx.State]:
     """Fold scale * A @ B into the base kernels: a plain (unquantised) model state."""
-    from llm import quant
-
     model = nnx.merge(graphdef, params, *rest)
     for path, module in list(linear_modules(model)):
         if not isinstance(module, LoRADense):

@@ -164,12 +164,12 @@ def quantize_model(model: nnx.Module, kind: str = "nf4", block_size: int = 64,
                    double_quant: bool = True,
                    target_modules: str = DEFAULT_QUANT_TARGETS) -> nnx.Module:
     """Replace the matching `Dense` modules by `QuantDense` (in place) and return the model."""
-    from llm import lora
+    from llm import lora  # lora wraps QuantDense, so it imports this module at load time
 
     for path in lora.select_modules(model, target_modules, key="quant target_modules",
                                     kinds=(model_lib.Dense,)):
-        lora.replace_module(model, path, QuantDense(lora._get(model, path), kind, block_size,
-                                                    double_quant))
+        dense = lora.get_module(model, path)
+        lora.replace_module(model, path, QuantDense(dense, kind, block_size, double_quant))
     return model
 
 
