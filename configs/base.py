@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import data, models
+from llm.peft import peft_section
 
 
 def parse_arg(arg: str | None) -> dict[str, str | bool]:
@@ -49,9 +50,10 @@ def base_config(task: str, model: str = "tiny") -> ml_collections.ConfigDict:
         init_from="",
         model=models.model_config(model),
         data=data.data_section(),
+        peft=peft_section(),
         optim=optim_section(),
         mesh=mesh_section(),
-        checkpoint=dict(every_steps=200, keep=3, async_save=True, adapters_only=False),
+        checkpoint=dict(every_steps=200, keep=3, async_save=True),
         eval=dict(every_steps=200, steps=8, patience=0, min_delta=0.0),
         log=dict(every_steps=10, wandb=False, wandb_project="llm", wandb_mode="online"),
         train=dict(z_loss=0.0, skip_spikes=False, spike_sigma=6.0, spike_warmup=20,

@@ -218,29 +218,73 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
         raise CheckpointError(f"{config_file}: no 'model' section")
     values = {k: v for k, v in config["model"].items() if k != "size"}
     values.update(model_overrides or {})
-    model_cfg = ModelConfig.from_dict(values)
-    mesh = mesh or sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg,
-                                                                      nnx.Rngs(0))))
-    params_template = abstract
-    shardings = sharding.state_shardings(params_template, mesh, rules)
+    peft_cfg = config.get("peft") or {"method": "none"}
+    if peft_cfg["method"] != "none":
+        params, graphdef, model_cfg = _load_peft_run(config, values, step_dir, mesh, rules)
+    else:
+        model_cfg = ModelConfig.from_dict(values)
+        mesh = mesh or sharding.make_mesh({"data": 1}, jax.devices()[:1])
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg,
+                                                                          nnx.Rngs(0))))
+        params = _restore_params(step_dir, abstract, mesh, rules)
+    workdir = step_dir.parent.parent
+    tokenizer_dir = workdir / "tokenizer" if (workdir / "tokenizer").is_dir() else None
+    return LoadedModel(model_cfg, graphdef, params, tokenizer_dir, config)
+
+
+
+def _restore_params(step_dir: pathlib.Path, template: Any, mesh, rules) -> Any:
+    """The `params` subtree of a checkpoint's state, restored onto `template`'s shardings."""
+    from llm import sharding
+
+    shardings = sharding.state_shardings(template, mesh, rules)
     target = {"params": to_saveable(jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params_template,
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), template,
         shardings))}
-    checkpointer = ocp.PyTreeCheckpointer()
     try:
-        restored = checkpointer.restore(
+        restored = ocp.PyTreeCheckpointer().restore(
             step_dir / "state", args=ocp.args.PyTreeRestore(
                 target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                 partial_restore=True))
     except Exception as error:
         raise CheckpointError(f"{step_dir}: cannot restore parameters for this model "
                               f"({type(error).__name__}: {str(error)[:300]})") from error
-    params = from_saveable(params_template, restored["params"])
-    workdir = step_dir.parent.parent
-    tokenizer_dir = workdir / "tokenizer" if (workdir / "tokenizer").is_dir() else None
-    return LoadedModel(model_cfg, graphdef, params, tokenizer_dir, config)
+    return from_saveable(template, restored["params"])
 
+
+def _load_peft_run(config: dict, values: dict, step_dir: pathlib.Path, mesh, rules):
+    """A LoRA / QLoRA / prefix run: its base (from the run's init_from), then its adapters."""
+    import ml_collections
+
+    from llm import lora, peft, sharding
+    from llm.model import ModelConfig, Transformer
+
+    peft_cfg = ml_collections.ConfigDict(config["peft"])
+    values = {**values, **peft.model_config_overrides(peft_cfg)}
+    model_cfg = ModelConfig.from_dict(values)
+    mesh = mesh or sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    graphdef, full = sharding.init_sharded(
+        lambda: Transformer(model_cfg, nnx.Rngs(params=config.get("seed", 0))), mesh, rules)
+    if config.get("init_from"):
+        base = load_model(config["init_from"], mesh, rules)
+        target = nnx.to_flat_state(full)
+        source = dict(nnx.to_flat_state(base.params))
+        for path, variable in target:
+            if path in source:
+                variable.set_value(source[path][...])
+    model = peft.apply_peft(nnx.merge(graphdef, full), peft_cfg,
+                            nnx.Rngs(params=config.get("seed", 0) + 1))
+    graphdef, adapters, rest = nnx.split(model, peft.trainable_filter(peft_cfg), ...)
+    loop_file = step_dir / "loop" / "metadata"
+    saved_hash = json.loads(loop_file.read_text()).get("base_hash") if loop_file.exists() \
+        else None
+    if saved_hash and saved_hash != lora.base_hash(rest):
+        raise CheckpointError(
+            f"{step_dir}: the adapters were trained on a different base than "
+            f"init_from={config.get('init_from')!r} gives now (base hash mismatch)")
+    adapters = _restore_params(step_dir, adapters, mesh, rules)
+    graphdef, params = nnx.split(nnx.merge(graphdef, adapters, rest))
+    return params, graphdef, model_cfg
 
 
 def save_params(workdir: str | os.PathLike, model_cfg: Any, params: Any,

@@ -10,8 +10,9 @@ from llm.train.task import Task
 def get_task(name: str) -> type[Task]:
     """The Task class registered under `name`."""
     from llm.train.pretrain import PretrainTask
+    from llm.train.sft import SftTask
 
-    tasks: dict[str, type[Task]] = {"pretrain": PretrainTask}
+    tasks: dict[str, type[Task]] = {"pretrain": PretrainTask, "sft": SftTask}
     if name not in tasks:
         close = difflib.get_close_matches(name, tasks, n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

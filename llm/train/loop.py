@@ -91,6 +91,8 @@ def _check_batch_divisibility(config: ml_collections.ConfigDict, mesh) -> None:
 
 def _resolve_model_config(config: ml_collections.ConfigDict, vocab_size: int | None
                           ) -> ModelConfig:
+    from llm import peft
+
     if vocab_size and vocab_size != config.model.vocab_size:
         print(f"model.vocab_size {config.model.vocab_size} -> {vocab_size} (the tokenizer's)")
         config.model.vocab_size = vocab_size
@@ -98,6 +100,7 @@ def _resolve_model_config(config: ml_collections.ConfigDict, vocab_size: int | N
         raise config_lib.ConfigError(
             f"seq_len={config.seq_len}: longer than model.max_seq_len={config.model.max_seq_len}")
     values = {k: v for k, v in config.model.items() if k != "size"}
+    values.update(peft.model_config_overrides(config.peft))
     return ModelConfig.from_dict(values)
 
 
@@ -146,6 +149,10 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
                                 crash_before_commit_step=config.debug.crash_before_commit_step)
     train_iter = train_data.make_iterator()
     loop_state = {"best_eval_loss": None, "evals_since_best": 0, "tokens_seen": 0}
+    if config.peft.method != "none":  # adapters record the base they were trained on
+        from llm import lora
+
+        loop_state["base_hash"] = lora.base_hash(frozen)
     restored = _maybe_resume(checkpointer, workdir, resolved, state, state_shardings,
                              train_iter)
     start_step = 0
@@ -164,7 +171,8 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
         use_dropout=use_dropout, skip_spikes=bool(config.train.skip_spikes),
         spike_sigma=float(config.train.spike_sigma),
         spike_warmup=int(config.train.spike_warmup), spike_decay=float(config.train.spike_decay),
-        inject_nan_step=int(config.debug.inject_nan_step))
+        inject_nan_step=int(config.debug.inject_nan_step),
+        adapter_dropout=config.peft.method in ("lora", "qlora") and config.peft.dropout > 0)
     replicated = sharding.replicated(mesh)
     train_step = jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, None),
                          out_shardings=(state_shardings, replicated), donate_argnums=0)
@@ -244,7 +252,10 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
 
 
 def _build_params(task: Task, model_cfg: ModelConfig, config, mesh, rules):
-    """(graphdef, trainable params, frozen rest), born sharded or loaded from init_from."""
+    """(graphdef, trainable params, frozen rest): born sharded, base from init_from, then
+    `peft.*` adapters or quantisation applied on top (the base must be loaded first)."""
+    from llm import peft
+
     def create():
         return task.build_model(model_cfg, nnx.Rngs(params=config.seed))
 
@@ -257,6 +268,10 @@ def _build_params(task: Task, model_cfg: ModelConfig, config, mesh, rules):
                 f" differs from this run's ({model_cfg.vocab_size})")
         _overwrite_base(full, loaded.params, config.init_from)
     model = nnx.merge(graphdef, full)
+    if config.peft.method != "none":
+        model = peft.apply_peft(model, config.peft, nnx.Rngs(params=config.seed + 1))
+        graphdef, full = nnx.split(model)
+        model = nnx.merge(graphdef, sharding.shard_state(full, mesh, rules))
     graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
     return graphdef, params, frozen
 

@@ -34,6 +34,12 @@ class PretrainTask(Task):
     """Causal LM on packed token windows."""
 
     name = "pretrain"
+    kind = "pretrain"  # which prepared records and loader (llm/data/loaders.py)
+
+    def loader(self):
+        from llm.data import loaders
+
+        return loaders.pretrain_loader
 
     def datasets(self, config, mesh, workdir):
         from llm.data import loaders
@@ -41,9 +47,10 @@ class PretrainTask(Task):
 
         prepared = prepared_dataset(config, workdir)
         tokenizer = Tokenizer.load(prepared / "tokenizer")
+        loader = self.loader()
 
         def make(split: str, shuffle: bool, epochs):
-            return lambda: iter(loaders.pretrain_loader(
+            return lambda: iter(loader(
                 prepared, split, seq_len=config.seq_len,
                 batch_size=config.batch_size // jax.process_count(), seed=config.seed,
                 num_epochs=epochs, shard_index=jax.process_index(),
@@ -53,7 +60,7 @@ class PretrainTask(Task):
         train = DataSource(make("train", True, epochs), tokenizer_dir=prepared / "tokenizer",
                            vocab_size=tokenizer.vocab_size,
                            batches_per_epoch=loaders.num_batches(
-                               prepared, "train", "pretrain", config.seq_len,
+                               prepared, "train", self.kind, config.seq_len,
                                config.batch_size))
         evaluation = DataSource(make("validation", False, 1))
         return train, evaluation

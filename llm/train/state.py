@@ -42,10 +42,15 @@ def split_micro_batches(batch: dict, accum: int) -> dict:
 def make_train_step(task: Task, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum: int, use_dropout: bool,
                     skip_spikes: bool, spike_sigma: float, spike_warmup: int,
-                    spike_decay: float, inject_nan_step: int = -1) -> Callable:
+                    spike_decay: float, inject_nan_step: int = -1,
+                    adapter_dropout: bool = False) -> Callable:
     """(state, frozen, batch) → (state, metrics): accumulate, normalise, gate, update."""
 
     def micro_loss(params, frozen, micro, rng):
+        if adapter_dropout:
+            from llm import peft
+
+            frozen = peft.with_dropout_rng(frozen, rng)
         model = nnx.merge(graphdef, params, frozen)
         loss_sum, sums = task.loss(model, micro, rng if use_dropout else None)
         return loss_sum, sums

@@ -44,12 +44,14 @@ class Task:
         raise NotImplementedError
 
     def build_model(self, model_cfg: ModelConfig, rngs: nnx.Rngs) -> Transformer:
-        """The module to train (PEFT tasks wrap it with adapters here)."""
+        """The module to train, before `peft.*` adapters (a reward task adds its head)."""
         return Transformer(model_cfg, rngs)
 
     def trainable(self) -> Any:
-        """nnx filter of what gets gradients and optimiser state."""
-        return nnx.Param
+        """nnx filter of what gets gradients and optimiser state (from `peft.method`)."""
+        from llm import peft
+
+        return peft.trainable_filter(self.config.peft)
 
     def prepare(self, model: Transformer, batch: dict, rng: jax.Array) -> dict:
         """No-grad host-side step before the update (rollouts, reference log-probs)."""

@@ -1,0 +1,34 @@
+"""Supervised fine-tuning (full, LoRA, QLoRA or prefix) on chat or prompt/response JSONL.
+
+python scripts/train.py --config=configs/sft.py:model=tiny,lora --config.init_from=PRETRAIN_DIR \
+    --config.data.path=chat.jsonl --config.workdir=DIR
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import base
+
+METHODS = ("lora", "qlora", "prefix")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """SFT config; variants: `model=<size>` and one of `lora`, `qlora`, `prefix`."""
+    args = base.parse_arg(arg)
+    config = base.base_config("sft", model=str(args.pop("model", "tiny")))
+    for method in METHODS:
+        if args.pop(method, False):
+            config.peft.method = method
+    if args:
+        raise ValueError(f"configs/sft.py: unknown variants {sorted(args)}; expected "
+                         f"model=<size> and optionally one of {METHODS}")
+    config.total_steps = 500
+    config.optim.lr = 1e-4 if config.peft.method == "none" else 1e-3
+    config.optim.warmup_steps = 20
+    config.optim.weight_decay = 0.0
+    config.data.split.validation = 0.05
+    config.data.dedup.near = False  # instructions legitimately share long templates
+    config.data.clean.enabled = False
+    config.sft = ml_collections.ConfigDict(dict(eval_file="", eval_examples=200))
+    return config
