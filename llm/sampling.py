@@ -133,6 +133,16 @@ def _choose_and_record(state: DecodeState, logits_BV: jax.Array, max_len: int
     return _record(state, tokens_B, logprobs_B, sampling_logprobs_B, max_len)
 
 
+def prompt_logits(model: model_lib.Transformer, prompt_BP: jax.Array,
+                  prompt_lengths_B: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
+    """One pass over right-padded prompts: next-token logits_BV at each row's last token."""
+    B, P = prompt_BP.shape
+    positions_BP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32)[None], (B, P))
+    h_BPD, cache = model.hidden(prompt_BP, positions_BP, cache=cache)
+    h_B1D = jnp.take_along_axis(h_BPD, (prompt_lengths_B - 1)[:, None, None], axis=1)
+    return model.logits(h_B1D)[:, 0], cache  # the LM head runs on B rows, not B * P
+
+
 @partial(jax.jit, static_argnames=("graphdef", "max_len", "mesh"))
 def _prefill(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
              prompt_lengths_B: jax.Array, sampling: SamplingParams, eos_ids: jax.Array,
@@ -144,10 +154,8 @@ def _prefill(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
     V = cfg.padded_vocab
     num_slots = max_len  # output slots; a row never outgrows the cache (trimmed on the host)
     cache = _constrain_cache(model_lib.init_cache(cfg, B, max_len), cfg, mesh)
+    logits_BV, cache = prompt_logits(model, prompt_BP, prompt_lengths_B, cache)
     positions_BP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32)[None], (B, P))
-    h_BPD, cache = model.hidden(prompt_BP, positions_BP, cache=cache)
-    h_B1D = jnp.take_along_axis(h_BPD, (prompt_lengths_B - 1)[:, None, None], axis=1)
-    logits_BV = model.logits(h_B1D)[:, 0]
     in_prompt_BP = positions_BP < prompt_lengths_B[:, None]
     rows_B1 = jnp.arange(B)[:, None]
     prompt_seen_BV = jnp.zeros((B, V), bool).at[
@@ -190,13 +198,14 @@ def _decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, max_steps: 
     return state
 
 
-def _pad_ids(ids: Sequence[int] | None) -> np.ndarray:
+def pad_ids(ids: Sequence[int] | None) -> np.ndarray:
+    """Token ids padded with -1 to a multiple of ID_SLOTS (so few ids share one compile)."""
     ids = [int(i) for i in (ids or ())]
     size = max(ID_SLOTS, -(-len(ids) // ID_SLOTS) * ID_SLOTS)
     return np.array(ids + [-1] * (size - len(ids)), np.int32)
 
 
-def _check_inputs(cfg: model_lib.ModelConfig, prompt_BP: np.ndarray, lengths_B: np.ndarray,
+def validate_request(cfg: model_lib.ModelConfig, prompt_BP: np.ndarray, lengths_B: np.ndarray,
                   sampling: SamplingParams, max_len: int | None) -> int:
     """Validate prompts and lengths on the host; return the cache length to use."""
     if prompt_BP.ndim != 2 or lengths_B.shape != prompt_BP.shape[:1]:
@@ -237,7 +246,7 @@ def prefill(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BP: Any, prompt_l
     cfg = model_config(graphdef, params)
     prompt_BP = np.asarray(prompt_tokens_BP, np.int32)
     lengths_B = np.asarray(prompt_lengths_B, np.int32)
-    max_len = _check_inputs(cfg, prompt_BP, lengths_B, sampling, max_len)
+    max_len = validate_request(cfg, prompt_BP, lengths_B, sampling, max_len)
     P = min(bucket_length(int(lengths_B.max())), max_len)
     padded_BP = np.zeros((prompt_BP.shape[0], P), np.int32)
     width = min(P, prompt_BP.shape[1])
@@ -248,7 +257,7 @@ def prefill(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BP: Any, prompt_l
         spec = sharding_lib.BATCH_AXES if B % sharding_lib.batch_divisor(mesh) == 0 else None
         inputs = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(
             mesh, PartitionSpec(spec, *([None] * (x.ndim - 1))))), inputs)
-    state = _prefill(graphdef, params, *inputs, _pad_ids(eos_ids), _pad_ids(stop_token_ids),
+    state = _prefill(graphdef, params, *inputs, pad_ids(eos_ids), pad_ids(stop_token_ids),
                      max_len=max_len, mesh=mesh)
     return state, max_len
 
