@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llm import sampling
+from llm import beam, sampling
 from llm.sampling import SamplingParams
 
 
@@ -34,7 +34,8 @@ class TokenizerLike(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-ChatTemplate = Callable[[Sequence[Mapping[str, str]]], str]
+# messages → prompt text or token ids (e.g. `llm.data.chat.render_messages(tok, m, True)[0]`).
+ChatTemplate = Callable[[Sequence[Mapping[str, str]]], "str | list[int]"]
 
 
 def plain_chat_template(messages: Sequence[Mapping[str, str]]) -> str:
@@ -88,6 +89,29 @@ class Sampler:
                 next(stream)
             except StopIteration as done:
                 return done.value
+
+    def complete_beam(self, prompts: Sequence[str | Sequence[int]], *, beam_width: int,
+                      max_new_tokens: int, stop: Sequence[str] = (),
+                      stop_token_ids: Sequence[int] = (), length_penalty: float = 0.0
+                      ) -> list[Completion]:
+        """Beam search (the best beam per prompt), trimmed at stop strings afterwards."""
+        ids = [self.encode(p) for p in prompts]
+        tokens_BP = np.zeros((len(ids), max(1, *map(len, ids))), np.int32)
+        for b, row in enumerate(ids):
+            tokens_BP[b, :len(row)] = row
+        found = beam.beam_search(
+            self.graphdef, self.params, tokens_BP, [len(r) for r in ids],
+            beam_width=beam_width, max_new_tokens=max_new_tokens, max_len=self.max_len,
+            eos_ids=[self.tokenizer.eos_id, *stop_token_ids], length_penalty=length_penalty)
+        reasons = [r if r == "length" or found.tokens_BN[b, found.lengths_B[b] - 1]
+                   == self.tokenizer.eos_id else "stop"
+                   for b, r in enumerate(found.finish_reason)]
+        out = sampling.GenerateOutput(found.tokens_BN, found.logprobs_BN, found.logprobs_BN,
+                                      found.lengths_B, reasons)
+        stops = [s for s in stop if s]
+        return [self._finish(out, b, stops, find_stop(
+            self._text(out.tokens_BN[b, :out.lengths_B[b]]), stops) if stops else -1)
+            for b in range(len(ids))]
 
     def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> Completion:
         """Reply to one conversation rendered with the chat template."""
@@ -181,3 +205,41 @@ class Sampler:
                     lo = mid + 1
             tokens, logprobs, text, reason = tokens[:lo], logprobs[:lo], text[:stop_at], "stop"
         return Completion(text, tokens, logprobs, reason)
+
+
+def complete_rows(sampler: Sampler, rows: Sequence[Mapping[str, Any]], *, batch_size: int,
+                  stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
+                  beam_width: int = 1, **controls: Any) -> list[dict]:
+    """JSONL requests ('prompt' text, 'messages' or 'prompt_ids') → rows with results.
+
+    Each output row is the input row plus `completion` (text), `tokens`, `logprobs` and
+    `finish_reason`; rows are batched `batch_size` at a time, seeds offset per row.
+    """
+    prompts = []
+    for n, row in enumerate(rows):
+        if "prompt_ids" in row:
+            prompts.append([int(t) for t in row["prompt_ids"]])
+        elif "messages" in row:
+            prompts.append(sampler.chat_template(row["messages"]))
+        elif "prompt" in row:
+            prompts.append(str(row["prompt"]))
+        else:
+            raise ValueError(f"prompts row {n + 1}: expected 'prompt', 'messages' or "
+                             f"'prompt_ids', got keys {sorted(row)}")
+    seed = int(controls.pop("seed", 0))
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        seeds = [seed + start + i for i in range(len(chunk))]
+        if beam_width > 1:
+            results = sampler.complete_beam(chunk, beam_width=beam_width, stop=stop,
+                                            stop_token_ids=stop_token_ids,
+                                            max_new_tokens=int(controls["max_new_tokens"]))
+        else:
+            results = sampler.complete(chunk, stop=stop, stop_token_ids=stop_token_ids,
+                                       seed=seeds, **controls)
+        for row, result in zip(rows[start:start + batch_size], results, strict=True):
+            out.append({**row, "completion": result.text, "tokens": result.tokens,
+                        "logprobs": [round(x, 6) for x in result.logprobs],
+                        "finish_reason": result.finish_reason})
+    return out
