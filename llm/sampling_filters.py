@@ -121,36 +121,64 @@ def suppress_tokens(logits_BV: jax.Array, token_ids: jax.Array, active_B: jax.Ar
     return jnp.where(active_B[:, None] & hit_V[None], NEG_INF, logits_BV)
 
 
-def _sorted_threshold_B(logits_BV: jax.Array, top_k_B: jax.Array, top_p_B: jax.Array
-                        ) -> jax.Array:
-    """Smallest logit kept by top-k then top-p (one descending sort per row)."""
-    V = logits_BV.shape[-1]
-    sorted_BV = -jnp.sort(-logits_BV, axis=-1)
-    rank_V = jnp.arange(V)
-    in_k_BV = (top_k_B[:, None] <= 0) | (rank_V[None] < top_k_B[:, None])
-    probs_BV = jax.nn.softmax(jnp.where(in_k_BV, sorted_BV, NEG_INF), axis=-1)
-    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-    keep_BV = in_k_BV & (mass_before_BV < top_p_B[:, None])
-    keep_BV = keep_BV.at[:, 0].set(True)  # the most likely token always survives
-    n_keep_B = keep_BV.sum(-1)
-    return jnp.take_along_axis(sorted_BV, (n_keep_B - 1)[:, None], axis=-1)[:, 0]
+def _ordered_keys(x: jax.Array) -> jax.Array:
+    """float32 → uint32 keys with the same order (-inf lowest), so bisection is exact."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _largest_key_B(holds: Any, B: int) -> jax.Array:
+    """Per row, the largest uint32 key k with holds(k_B1) true (holds is monotone, true at 0).
+
+    32 halvings of the key range, unrolled so XLA fuses them: exact, and no sort.
+    """
+    def step(_, bounds):
+        lo_B, hi_B = bounds
+        gap_B = hi_B - lo_B
+        mid_B = lo_B + (gap_B >> 1) + (gap_B & 1)  # ceil midpoint, no overflow
+        ok_B = holds(mid_B[:, None]) & (gap_B > 0)
+        return jnp.where(ok_B, mid_B, lo_B), jnp.where(ok_B | (gap_B == 0), hi_B, mid_B - 1)
+
+    lo_B = jnp.zeros((B,), jnp.uint32)
+    hi_B = jnp.full((B,), 0xFFFFFFFF, jnp.uint32)
+    return jax.lax.fori_loop(0, 32, step, (lo_B, hi_B), unroll=True)[0]
+
+
+def _cutoff_key_B(logits_BV: jax.Array, top_k_B: jax.Array, top_p_B: jax.Array
+                  ) -> jax.Array:
+    """Smallest key kept by top-k, then top-p on the renormalised top-k distribution.
+
+    Top-k: the largest key with at least k tokens at or above it (the k-th largest logit).
+    Top-p: the largest key whose at-or-above mass is >= top_p, i.e. the smallest most-likely
+    prefix holding top_p of the mass. Ties at a cut-off are all kept.
+    """
+    B = logits_BV.shape[0]
+    keys_BV = _ordered_keys(logits_BV)
+    count = lambda k_B1: jnp.sum(keys_BV >= k_B1, axis=-1)
+    k_cut_B = _largest_key_B(lambda k_B1: count(k_B1) >= jnp.maximum(top_k_B, 1), B)
+    k_cut_B = jnp.where(top_k_B > 0, k_cut_B, 0)
+    probs_BV = jax.nn.softmax(jnp.where(keys_BV >= k_cut_B[:, None], logits_BV, NEG_INF), -1)
+    mass = lambda k_B1: jnp.sum(jnp.where(keys_BV >= k_B1, probs_BV, 0.0), axis=-1)
+    p_cut_B = _largest_key_B(lambda k_B1: mass(k_B1) >= top_p_B, B)
+    return jnp.where(top_p_B < 1.0, jnp.maximum(p_cut_B, k_cut_B), k_cut_B)
 
 
 def filter_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
     """Temperature, top-k, top-p, min-p: logits of the distribution actually sampled from.
 
-    Tokens outside the kept set are -inf. The sort runs under `lax.cond` only when some row
-    uses top-k or top-p; ties at the cut-off are all kept. Greedy rows (temperature 0) are
-    scaled by 1 here; `choose_tokens` takes their argmax instead.
+    Tokens outside the kept set are -inf. Top-k / top-p cut-offs come from an exact
+    bisection over the logits' float order (no vocabulary sort), run under `lax.cond` only
+    when some row uses them. Greedy rows (temperature 0) are scaled by 1 here;
+    `choose_tokens` takes their argmax instead.
     """
     temperature_B = jnp.where(params.temperature > 0, params.temperature, 1.0)
     logits_BV = logits_BV / temperature_B[:, None]
-    needs_sort = jnp.any((params.top_k > 0) | (params.top_p < 1.0))
-    threshold_B = jax.lax.cond(
-        needs_sort,
-        lambda: _sorted_threshold_B(logits_BV, params.top_k, params.top_p),
-        lambda: jnp.full(logits_BV.shape[:1], NEG_INF, logits_BV.dtype))
-    logits_BV = jnp.where(logits_BV >= threshold_B[:, None], logits_BV, NEG_INF)
+    keys_BV = _ordered_keys(logits_BV)
+    cut_key_B = jax.lax.cond(
+        jnp.any((params.top_k > 0) | (params.top_p < 1.0)),
+        lambda: _cutoff_key_B(logits_BV, params.top_k, params.top_p),
+        lambda: jnp.zeros(logits_BV.shape[:1], jnp.uint32))
+    logits_BV = jnp.where(keys_BV >= cut_key_B[:, None], logits_BV, NEG_INF)
     # min-p: keep tokens with p >= min_p * p_max, i.e. logit >= max + log(min_p).
     max_B1 = logits_BV.max(-1, keepdims=True)
     min_p_B1 = params.min_p[:, None]

@@ -10,7 +10,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from llm.sampling_filters import SamplingParams, apply_penalties, choose_tokens, row_keys  # noqa: E402,E501
+from llm.sampling_filters import (  # noqa: E402
+    SamplingParams,
+    apply_penalties,
+    choose_tokens,
+    filter_logits,
+    row_keys,
+)
 
 V = 128
 PROBS = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05, 0.03, 0.02, 0.01])
@@ -104,3 +110,29 @@ def test_greedy_is_argmax_of_penalised_logits_and_filters_are_per_row():
     np.testing.assert_allclose(logprobs_B, np.asarray(jax.nn.log_softmax(logits_BV[0]))[[1, 2]],
                                atol=1e-6)  # model log-probs ignore the penalty
     np.testing.assert_array_equal(sampling_logprobs_B, [0.0, 0.0])
+
+
+def test_cutoffs_equal_a_sort_based_reference_with_ties_and_masked_entries():
+    """The bisection keeps exactly the tokens a sort + cumulative-sum reference keeps."""
+    rng = np.random.default_rng(0)
+    B = 256
+    logits_BV = rng.normal(0, 2, (B, V)).astype(np.float32)
+    logits_BV[:, 100:] = -np.inf  # masked (padded) entries
+    logits_BV[::4, 1] = logits_BV[::4, 0]  # exact ties
+    top_k_B = rng.integers(0, 12, B)
+    top_p_B = rng.uniform(0.05, 1.0, B).astype(np.float32)
+    sp = SamplingParams.create(B, temperature=1.0, top_k=top_k_B, top_p=top_p_B)
+    kept_BV = np.isfinite(np.asarray(jax.jit(filter_logits)(jnp.asarray(logits_BV), sp)))
+    for b in range(B):
+        x = logits_BV[b]
+        order = np.argsort(-x, kind="stable")
+        k = top_k_B[b] or V
+        kth = x[order[k - 1]]
+        in_k = x >= kth  # ties at the k-th value are kept
+        p = np.exp(x - x.max()) * in_k
+        p = p / p.sum()
+        mass_above = np.array([p[x > v].sum() for v in x])  # mass strictly more likely
+        want = in_k & (mass_above < top_p_B[b]) if top_p_B[b] < 1 else in_k
+        boundary = np.abs(mass_above - top_p_B[b]) < 1e-5  # float-sum order may differ here
+        assert np.array_equal(kept_BV[b] | boundary, want | boundary), b
+    assert kept_BV.sum(1).min() >= 1
