@@ -104,3 +104,35 @@ def test_invalid_controls_raise_value_error(sampler):
         sampler.complete(["x"], top_p=1.5)
     with pytest.raises(ValueError, match="empty prompt"):
         sampler.complete([[]], max_new_tokens=3)
+
+
+def test_complete_rows_reads_prompt_messages_and_ids(sampler):
+    from llm.sampler import complete_rows
+
+    sampler.chat_template = lambda messages: messages[-1]["content"]
+    rows = [{"prompt": "ab", "id": 1}, {"messages": [{"role": "user", "content": "ab"}]},
+            {"prompt_ids": [256, 97, 98]}]
+    out = complete_rows(sampler, rows, batch_size=2, temperature=0.0, max_new_tokens=4)
+    assert [r.get("id") for r in out] == [1, None, None]
+    assert out[0]["tokens"] == out[1]["tokens"] == out[2]["tokens"]  # same prompt ids
+    assert all(set(r) >= {"completion", "tokens", "logprobs", "finish_reason"} for r in out)
+    with pytest.raises(ValueError, match="row 1"):
+        complete_rows(sampler, [{"text": "x"}], batch_size=1)
+    beams = complete_rows(sampler, rows[:1], batch_size=1, beam_width=2, max_new_tokens=4)
+    assert len(beams[0]["tokens"]) <= 4
+
+
+def test_sample_config_has_every_control():
+    from configs import sample
+
+    config = sample.get_config()
+    for key in ("init_from", "prompt", "prompts_file", "output_file", "chat", "temperature",
+                "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                "frequency_penalty", "max_new_tokens", "min_new_tokens", "stop",
+                "stop_token_ids", "seed", "batch_size", "beam_width"):
+        assert key in config
+    assert (config.temperature, config.top_p, config.top_k) == (0.7, 0.9, 0)
+    assert sample.get_config("chat").chat
+    with pytest.raises(AttributeError):
+        config.temprature = 1.0  # locked: typos are errors
+    assert dict(config.mesh.shape)["data"] == -1
