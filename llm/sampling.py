@@ -69,6 +69,7 @@ class DecodeState(NamedTuple):
     sampling: SamplingParams
     eos_ids: jax.Array
     stop_ids: jax.Array
+    steps: jax.Array  # decode-loop iterations run so far (prefill not counted)
 
 
 def bucket_length(n: int) -> int:
@@ -172,7 +173,8 @@ def _prefill(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
         last_token_B=jnp.zeros((B,), jnp.int32),
         prompt_seen_BV=prompt_seen_BV,
         counts_BV=jnp.zeros((B, V), jnp.int32),
-        sampling=sampling, eos_ids=eos_ids, stop_ids=stop_ids)
+        sampling=sampling, eos_ids=eos_ids, stop_ids=stop_ids,
+        steps=jnp.zeros((), jnp.int32))
     return _choose_and_record(state, logits_BV, max_len)
 
 
@@ -191,7 +193,8 @@ def _decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, max_steps: 
         positions_B1 = (state.prompt_lengths_B + state.n_new_B - 1)[:, None]
         logits_B1V, cache = model(state.last_token_B[:, None], positions_B1,
                                   cache=state.cache)
-        state = state._replace(cache=_constrain_cache(cache, cfg, mesh))
+        state = state._replace(cache=_constrain_cache(cache, cfg, mesh),
+                               steps=state.steps + 1)
         return _choose_and_record(state, logits_B1V[:, 0], max_len), steps + 1
 
     state, _ = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))

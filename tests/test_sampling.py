@@ -145,6 +145,13 @@ def test_stop_ids_end_rows_and_eos_is_reported(split):
         assert not out.tokens_BN[b, n:].any()
         assert out.finish_reason[b] == ("eos" if row[n - 1] == eos_id else "stop")
     assert out.finish_reason[0] in ("stop", "eos") and out.lengths_B[0] <= 4
+    # The loop exits once every row has stopped, not after max_new_tokens steps.
+    state, max_len = sampling.prefill(graphdef, params, tokens_BP, lengths_B, sp,
+                                      max_len=MAX_LEN, eos_ids=[eos_id],
+                                      stop_token_ids=[stop_id, *out.tokens_BN[[2, 3], 0]])
+    state = sampling.decode(graphdef, params, state, max_len=max_len)
+    ran = sampling.to_output(state)
+    assert int(state.steps) == ran.lengths_B.max() - 1 < 19
 
 
 def test_min_new_tokens_suppresses_eos(split):
