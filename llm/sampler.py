@@ -1,0 +1,245 @@
+"""Host-side `Sampler`: text in, text out, around the jitted prefill / decode in sampling.py.
+
+It tokenises (and for chat renders the chat template), pads the batch, decodes in chunks of
+`chunk_size` steps that carry the KV cache between calls, and between chunks decodes the
+new text on the host to match stop strings (also across token boundaries), to stream text
+and to end rows early. Output is trimmed at the stop string; EOS is not part of the text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llm import beam, sampling
+from llm.sampling import SamplingParams
+
+
+class TokenizerLike(Protocol):
+    """The part of `llm.data.tokenizer.Tokenizer` the sampler uses."""
+
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    vocab_size: int
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+# messages → prompt text or token ids (e.g. `llm.data.chat.render_messages(tok, m, True)[0]`).
+ChatTemplate = Callable[[Sequence[Mapping[str, str]]], "str | list[int]"]
+
+
+def plain_chat_template(messages: Sequence[Mapping[str, str]]) -> str:
+    """A minimal fallback template: '<|role|>\\ncontent\\n' per turn, then the reply cue."""
+    turns = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
+    return turns + "<|assistant|>\n"
+
+
+@dataclasses.dataclass
+class Completion:
+    """One row's result; `tokens` / `logprobs` cover the trimmed completion only."""
+
+    text: str
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: str  # 'eos' | 'stop' | 'length'
+
+
+def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
+    """Index of the earliest stop string in text[start:] (in text coordinates), or -1."""
+    hits = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
+    return min(hits) if hits else -1
+
+
+class Sampler:
+    """Sample text from a split model with a tokenizer (and an optional chat template)."""
+
+    def __init__(self, graphdef: nnx.GraphDef, params: Any, tokenizer: TokenizerLike, *,
+                 max_len: int | None = None, mesh: jax.sharding.Mesh | None = None,
+                 chat_template: ChatTemplate | None = None, chunk_size: int = 32,
+                 add_bos: bool = True):
+        self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
+        self.max_len, self.mesh, self.chunk_size, self.add_bos = max_len, mesh, chunk_size, \
+            add_bos
+        self.chat_template = chat_template or plain_chat_template
+
+    def encode(self, prompt: str | Sequence[int]) -> list[int]:
+        """Text → ids (with BOS); token-id prompts pass through."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_bos=self.add_bos)
+        return [int(t) for t in prompt]
+
+    def complete(self, prompts: Sequence[str | Sequence[int]],
+                 sampling_params: SamplingParams | None = None, *, stop: Sequence[str] = (),
+                 stop_token_ids: Sequence[int] = (), **controls: Any) -> list[Completion]:
+        """Complete a batch of prompts (text or ids); controls build SamplingParams."""
+        stream = self._run(prompts, sampling_params, stop, stop_token_ids, controls,
+                           chunked=bool(stop))
+        while True:
+            try:
+                next(stream)
+            except StopIteration as done:
+                return done.value
+
+    def complete_beam(self, prompts: Sequence[str | Sequence[int]], *, beam_width: int,
+                      max_new_tokens: int, stop: Sequence[str] = (),
+                      stop_token_ids: Sequence[int] = (), length_penalty: float = 0.0
+                      ) -> list[Completion]:
+        """Beam search (the best beam per prompt), trimmed at stop strings afterwards."""
+        ids = [self.encode(p) for p in prompts]
+        tokens_BP = np.zeros((len(ids), max(1, *map(len, ids))), np.int32)
+        for b, row in enumerate(ids):
+            tokens_BP[b, :len(row)] = row
+        found = beam.beam_search(
+            self.graphdef, self.params, tokens_BP, [len(r) for r in ids],
+            beam_width=beam_width, max_new_tokens=max_new_tokens, max_len=self.max_len,
+            eos_ids=[self.tokenizer.eos_id, *stop_token_ids], length_penalty=length_penalty)
+        reasons = [r if r == "length" or found.tokens_BN[b, found.lengths_B[b] - 1]
+                   == self.tokenizer.eos_id else "stop"
+                   for b, r in enumerate(found.finish_reason)]
+        out = sampling.GenerateOutput(found.tokens_BN, found.logprobs_BN, found.logprobs_BN,
+                                      found.lengths_B, reasons)
+        stops = [s for s in stop if s]
+        return [self._finish(out, b, stops, find_stop(
+            self._text(out.tokens_BN[b, :out.lengths_B[b]]), stops) if stops else -1)
+            for b in range(len(ids))]
+
+    def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> Completion:
+        """Reply to one conversation rendered with the chat template."""
+        return self.complete([self.chat_template(messages)], **kwargs)[0]
+
+    def stream(self, prompt: str | Sequence[int], sampling_params: SamplingParams | None = None,
+               *, stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
+               **controls: Any) -> Iterator[str]:
+        """Yield text pieces of one completion as chunks decode; returns the Completion."""
+        stream = self._run([prompt], sampling_params, stop, stop_token_ids, controls,
+                           chunked=True)
+        while True:
+            try:
+                pieces = next(stream)
+            except StopIteration as done:
+                return done.value[0]
+            if pieces[0]:
+                yield pieces[0]
+
+    def _run(self, prompts, sampling_params, stop, stop_token_ids, controls, chunked: bool
+             ) -> Iterator[list[str]]:
+        """Prefill, then decode chunk by chunk; yields new safe text per row, returns rows."""
+        ids = [self.encode(p) for p in prompts]
+        B = len(ids)
+        if sampling_params is None:
+            sampling_params = SamplingParams.create(B, **controls)
+        elif controls:
+            raise ValueError(f"pass either sampling_params or controls, not both: {controls}")
+        tokens_BP = np.zeros((B, max(1, *map(len, ids))), np.int32)
+        for b, row in enumerate(ids):
+            tokens_BP[b, :len(row)] = row
+        eos_ids = [self.tokenizer.eos_id]
+        state, max_len = sampling.prefill(
+            self.graphdef, self.params, tokens_BP, [len(r) for r in ids], sampling_params,
+            max_len=self.max_len, eos_ids=eos_ids, stop_token_ids=stop_token_ids,
+            mesh=self.mesh)
+        stops = [s for s in stop if s]
+        hold = max((len(s) for s in stops), default=1) - 1  # a stop may still be forming
+        emitted = [0] * B
+        stop_at = [-1] * B
+        while True:
+            done_B = np.asarray(state.done_B)
+            n_B = np.asarray(state.n_new_B)
+            tokens_BN = np.asarray(state.tokens_BN)
+            texts = [self._text(tokens_BN[b, :n_B[b]]) for b in range(B)]
+            for b in range(B):
+                if stop_at[b] < 0 and stops:
+                    stop_at[b] = find_stop(texts[b], stops, max(0, emitted[b] - hold))
+            hit_B = np.array([s >= 0 for s in stop_at])
+            finished = np.all(done_B | hit_B)
+            pieces = []
+            for b in range(B):
+                end = stop_at[b] if stop_at[b] >= 0 else len(texts[b])
+                if not (finished or done_B[b] or hit_B[b]):
+                    end = max(emitted[b], end - hold)
+                    while end > emitted[b] and texts[b][end - 1] == "\ufffd":
+                        end -= 1  # an incomplete multi-byte character: wait for the rest
+                pieces.append(texts[b][emitted[b]:end])
+                emitted[b] = max(emitted[b], end)
+            yield pieces
+            if finished:
+                break
+            if hit_B.any():  # end rows whose stop string appeared; the loop skips them
+                state = state._replace(
+                    done_B=jnp.asarray(done_B | hit_B),
+                    finish_B=jnp.where(hit_B & ~done_B, sampling.STOP, state.finish_B))
+            steps = self.chunk_size if chunked else 2**30
+            state = sampling.decode(self.graphdef, self.params, state, max_len=max_len,
+                                    max_steps=steps, mesh=self.mesh)
+        out = sampling.to_output(state)
+        return [self._finish(out, b, stops, stop_at[b]) for b in range(B)]
+
+    def _text(self, tokens: Sequence[int]) -> str:
+        eos = self.tokenizer.eos_id
+        return self.tokenizer.decode([int(t) for t in tokens if t != eos])
+
+    def _finish(self, out: sampling.GenerateOutput, b: int, stops: Sequence[str],
+                stop_at: int) -> Completion:
+        n = int(out.lengths_B[b])
+        tokens, logprobs = out.tokens_BN[b, :n].tolist(), out.logprobs_BN[b, :n].tolist()
+        reason = out.finish_reason[b]
+        text = self._text(tokens)
+        if stop_at >= 0:
+            # The shortest token prefix whose text contains the stop string (binary search).
+            lo, hi = 1, n
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if find_stop(self._text(tokens[:mid]), stops) >= 0:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            tokens, logprobs, text, reason = tokens[:lo], logprobs[:lo], text[:stop_at], "stop"
+        return Completion(text, tokens, logprobs, reason)
+
+
+def complete_rows(sampler: Sampler, rows: Sequence[Mapping[str, Any]], *, batch_size: int,
+                  stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
+                  beam_width: int = 1, **controls: Any) -> list[dict]:
+    """JSONL requests ('prompt' text, 'messages' or 'prompt_ids') → rows with results.
+
+    Each output row is the input row plus `completion` (text), `tokens`, `logprobs` and
+    `finish_reason`; rows are batched `batch_size` at a time, seeds offset per row.
+    """
+    prompts = []
+    for n, row in enumerate(rows):
+        if "prompt_ids" in row:
+            prompts.append([int(t) for t in row["prompt_ids"]])
+        elif "messages" in row:
+            prompts.append(sampler.chat_template(row["messages"]))
+        elif "prompt" in row:
+            prompts.append(str(row["prompt"]))
+        else:
+            raise ValueError(f"prompts row {n + 1}: expected 'prompt', 'messages' or "
+                             f"'prompt_ids', got keys {sorted(row)}")
+    seed = int(controls.pop("seed", 0))
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        seeds = [seed + start + i for i in range(len(chunk))]
+        if beam_width > 1:
+            results = sampler.complete_beam(chunk, beam_width=beam_width, stop=stop,
+                                            stop_token_ids=stop_token_ids,
+                                            max_new_tokens=int(controls["max_new_tokens"]))
+        else:
+            results = sampler.complete(chunk, stop=stop, stop_token_ids=stop_token_ids,
+                                       seed=seeds, **controls)
+        for row, result in zip(rows[start:start + batch_size], results, strict=True):
+            out.append({**row, "completion": result.text, "tokens": result.tokens,
+                        "logprobs": [round(x, 6) for x in result.logprobs],
+                        "finish_reason": result.finish_reason})
+    return out

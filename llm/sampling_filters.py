@@ -1,0 +1,216 @@
+"""Per-row sampling controls and the logit transforms that apply them (pure, jittable).
+
+`SamplingParams` holds one value per batch row for every knob, as arrays: changing any knob
+between calls never recompiles the sampler. The transform order is the common one (vLLM,
+Hugging Face): penalties on the raw logits → EOS suppression until `min_new_tokens` →
+temperature → top-k → top-p (on the top-k renormalised distribution) → min-p. Temperature 0
+means greedy: the argmax of the penalised logits.
+
+Shapes: B batch, V (padded) vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NEG_INF = -jnp.inf
+
+# Common-practice defaults (Hugging Face / vLLM chat defaults).
+DEFAULTS: dict[str, float | int] = {
+    "temperature": 0.7,
+    "top_k": 0,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "min_new_tokens": 0,
+    "max_new_tokens": 128,
+    "seed": 0,
+}
+_INT_FIELDS = ("top_k", "min_new_tokens", "max_new_tokens", "seed")
+
+
+class SamplingParams(NamedTuple):
+    """One value per row (arrays of shape [B]) for every sampling control."""
+
+    temperature: Any
+    top_k: Any
+    top_p: Any
+    min_p: Any
+    repetition_penalty: Any
+    presence_penalty: Any
+    frequency_penalty: Any
+    min_new_tokens: Any
+    max_new_tokens: Any
+    seed: Any
+
+    @classmethod
+    def create(cls, batch: int, **values: float | int | Sequence[float | int]
+               ) -> SamplingParams:
+        """Broadcast scalars or per-row lists to [batch] arrays; one ValueError if invalid."""
+        unknown = sorted(set(values) - set(cls._fields))
+        if unknown:
+            raise ValueError(f"SamplingParams: unknown controls {unknown}; "
+                             f"known: {list(cls._fields)}")
+        arrays = {}
+        for name in cls._fields:
+            value = np.asarray(values.get(name, DEFAULTS[name]))
+            if value.ndim not in (0, 1) or (value.ndim == 1 and value.shape[0] != batch):
+                raise ValueError(f"SamplingParams.{name}: expected a scalar or {batch} values, "
+                                 f"got shape {value.shape}")
+            dtype = np.int32 if name in _INT_FIELDS else np.float32
+            if name in _INT_FIELDS and not np.all(np.equal(np.mod(value, 1), 0)):
+                raise ValueError(f"SamplingParams.{name}={value.tolist()}: expected integers")
+            arrays[name] = np.broadcast_to(value.astype(dtype), (batch,)).copy()
+        params = cls(**arrays)
+        params.validate()
+        return params
+
+    def validate(self, max_new_limit_B: np.ndarray | None = None) -> None:
+        """Raise one ValueError listing every out-of-range control (host-side check)."""
+        p = {name: np.asarray(getattr(self, name)) for name in self._fields}
+        problems = []
+
+        def check(name: str, ok: np.ndarray, expected: str) -> None:
+            if not np.all(ok):
+                problems.append(f"{name}={p[name].tolist()} (expected {expected})")
+
+        check("temperature", np.isfinite(p["temperature"]) & (p["temperature"] >= 0), ">= 0")
+        check("top_k", p["top_k"] >= 0, ">= 0; 0 disables")
+        check("top_p", (p["top_p"] > 0) & (p["top_p"] <= 1), "in (0, 1]")
+        check("min_p", (p["min_p"] >= 0) & (p["min_p"] <= 1), "in [0, 1]")
+        check("repetition_penalty", np.isfinite(p["repetition_penalty"])
+              & (p["repetition_penalty"] > 0), "> 0; 1 disables")
+        check("presence_penalty", np.isfinite(p["presence_penalty"]), "finite")
+        check("frequency_penalty", np.isfinite(p["frequency_penalty"]), "finite")
+        check("max_new_tokens", p["max_new_tokens"] >= 1, ">= 1")
+        check("min_new_tokens", (p["min_new_tokens"] >= 0)
+              & (p["min_new_tokens"] <= p["max_new_tokens"]), "in [0, max_new_tokens]")
+        if max_new_limit_B is not None:
+            check("max_new_tokens", p["max_new_tokens"] <= max_new_limit_B,
+                  f"<= room left in the context per row, {np.asarray(max_new_limit_B).tolist()}")
+        if problems:
+            raise ValueError("invalid sampling parameters: " + "; ".join(problems))
+
+
+def apply_penalties(logits_BV: jax.Array, prompt_seen_BV: jax.Array, counts_BV: jax.Array,
+                    params: SamplingParams) -> jax.Array:
+    """Repetition (CTRL, prompt + output), presence and frequency (output only) penalties."""
+    seen_BV = prompt_seen_BV | (counts_BV > 0)
+    rep_B1 = params.repetition_penalty[:, None]
+    penalised_BV = jnp.where(logits_BV > 0, logits_BV / rep_B1, logits_BV * rep_B1)
+    logits_BV = jnp.where(seen_BV, penalised_BV, logits_BV)
+    counts_BV = counts_BV.astype(jnp.float32)
+    logits_BV = logits_BV - params.frequency_penalty[:, None] * counts_BV
+    logits_BV = logits_BV - params.presence_penalty[:, None] * (counts_BV > 0)
+    return logits_BV
+
+
+def suppress_tokens(logits_BV: jax.Array, token_ids: jax.Array, active_B: jax.Array
+                    ) -> jax.Array:
+    """Set `token_ids` (negative entries ignored) to -inf in the rows where active_B."""
+    V = logits_BV.shape[-1]
+    hit_V = jnp.zeros((V,), bool).at[jnp.where(token_ids >= 0, token_ids, V)].set(
+        True, mode="drop")
+    return jnp.where(active_B[:, None] & hit_V[None], NEG_INF, logits_BV)
+
+
+def _ordered_keys(x: jax.Array) -> jax.Array:
+    """float32 → uint32 keys with the same order (-inf lowest), so bisection is exact."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _largest_key_B(holds: Any, B: int) -> jax.Array:
+    """Per row, the largest uint32 key k with holds(k_B1) true (holds is monotone, true at 0).
+
+    32 halvings of the key range, unrolled so XLA fuses them: exact, and no sort.
+    """
+    def step(_, bounds):
+        lo_B, hi_B = bounds
+        gap_B = hi_B - lo_B
+        mid_B = lo_B + (gap_B >> 1) + (gap_B & 1)  # ceil midpoint, no overflow
+        ok_B = holds(mid_B[:, None]) & (gap_B > 0)
+        return jnp.where(ok_B, mid_B, lo_B), jnp.where(ok_B | (gap_B == 0), hi_B, mid_B - 1)
+
+    lo_B = jnp.zeros((B,), jnp.uint32)
+    hi_B = jnp.full((B,), 0xFFFFFFFF, jnp.uint32)
+    return jax.lax.fori_loop(0, 32, step, (lo_B, hi_B), unroll=True)[0]
+
+
+def _cutoff_key_B(logits_BV: jax.Array, top_k_B: jax.Array, top_p_B: jax.Array
+                  ) -> jax.Array:
+    """Smallest key kept by top-k, then top-p on the renormalised top-k distribution.
+
+    Top-k: the largest key with at least k tokens at or above it (the k-th largest logit).
+    Top-p: the largest key whose at-or-above mass is >= top_p, i.e. the smallest most-likely
+    prefix holding top_p of the mass. Ties at a cut-off are all kept.
+    """
+    B = logits_BV.shape[0]
+    keys_BV = _ordered_keys(logits_BV)
+    count = lambda k_B1: jnp.sum(keys_BV >= k_B1, axis=-1)
+    k_cut_B = _largest_key_B(lambda k_B1: count(k_B1) >= jnp.maximum(top_k_B, 1), B)
+    k_cut_B = jnp.where(top_k_B > 0, k_cut_B, 0)
+    probs_BV = jax.nn.softmax(jnp.where(keys_BV >= k_cut_B[:, None], logits_BV, NEG_INF), -1)
+    mass = lambda k_B1: jnp.sum(jnp.where(keys_BV >= k_B1, probs_BV, 0.0), axis=-1)
+    p_cut_B = _largest_key_B(lambda k_B1: mass(k_B1) >= top_p_B, B)
+    return jnp.where(top_p_B < 1.0, jnp.maximum(p_cut_B, k_cut_B), k_cut_B)
+
+
+def filter_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
+    """Temperature, top-k, top-p, min-p: logits of the distribution actually sampled from.
+
+    Tokens outside the kept set are -inf. Top-k / top-p cut-offs come from an exact
+    bisection over the logits' float order (no vocabulary sort), run under `lax.cond` only
+    when some row uses them. Greedy rows (temperature 0) are scaled by 1 here;
+    `choose_tokens` takes their argmax instead.
+    """
+    temperature_B = jnp.where(params.temperature > 0, params.temperature, 1.0)
+    logits_BV = logits_BV / temperature_B[:, None]
+    keys_BV = _ordered_keys(logits_BV)
+    cut_key_B = jax.lax.cond(
+        jnp.any((params.top_k > 0) | (params.top_p < 1.0)),
+        lambda: _cutoff_key_B(logits_BV, params.top_k, params.top_p),
+        lambda: jnp.zeros(logits_BV.shape[:1], jnp.uint32))
+    logits_BV = jnp.where(keys_BV >= cut_key_B[:, None], logits_BV, NEG_INF)
+    # min-p: keep tokens with p >= min_p * p_max, i.e. logit >= max + log(min_p).
+    max_B1 = logits_BV.max(-1, keepdims=True)
+    min_p_B1 = params.min_p[:, None]
+    cut_B1 = jnp.where(min_p_B1 > 0, max_B1 + jnp.log(jnp.maximum(min_p_B1, 1e-30)), NEG_INF)
+    return jnp.where(logits_BV >= cut_B1, logits_BV, NEG_INF)
+
+
+def row_keys(seed_B: jax.Array, step_B: jax.Array) -> jax.Array:
+    """One PRNG key per row from (seed, step): reproducible per row, whatever the batch."""
+    return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seed_B, step_B)
+
+
+def choose_tokens(logits_BV: jax.Array, params: SamplingParams, keys_B: jax.Array,
+                  prompt_seen_BV: jax.Array, counts_BV: jax.Array, n_new_B: jax.Array,
+                  eos_stop_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Pick one token per row; returns (tokens_B, model_logprobs_B, sampling_logprobs_B).
+
+    `model_logprobs_B` are under the unmodified model distribution (the training forward's
+    log-softmax); `sampling_logprobs_B` under the filtered distribution that was sampled
+    (0 for greedy rows, whose distribution is a point mass).
+    """
+    logits_BV = logits_BV.astype(jnp.float32)
+    model_logprobs_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+    penalised_BV = apply_penalties(logits_BV, prompt_seen_BV, counts_BV, params)
+    penalised_BV = suppress_tokens(penalised_BV, eos_stop_ids, n_new_B < params.min_new_tokens)
+    filtered_BV = filter_logits(penalised_BV, params)
+    gumbel_BV = jax.vmap(lambda k: jax.random.gumbel(k, logits_BV.shape[-1:]))(keys_B)
+    sampled_B = jnp.argmax(filtered_BV + gumbel_BV, axis=-1)
+    greedy_B = params.temperature <= 0
+    tokens_B = jnp.where(greedy_B, jnp.argmax(penalised_BV, axis=-1), sampled_B)
+    tokens_B = tokens_B.astype(jnp.int32)
+    sampling_logprobs_BV = jax.nn.log_softmax(filtered_BV, axis=-1)
+    pick = lambda x_BV: jnp.take_along_axis(x_BV, tokens_B[:, None], axis=-1)[:, 0]
+    sampling_logprobs_B = jnp.where(greedy_B, 0.0, pick(sampling_logprobs_BV))
+    return tokens_B, pick(model_logprobs_BV), sampling_logprobs_B

@@ -1,0 +1,170 @@
+"""Decode throughput of `llm.sampling.generate` vs Hugging Face `generate` on the same weights.
+
+    python scripts/bench_sample.py --peer=hf
+
+Random `small` weights (or --size from configs/models.py when present) are copied into a
+transformers `LlamaForCausalLM`; both sample `--new_tokens` tokens with top-p 0.9 and
+temperature 0.7 after a `--prompt_len`-token prompt, at each batch size. Tokens/s counts
+new tokens (batch * new_tokens) over the whole call, prefill included, best of --repeats
+after one warm-up call (which compiles). Prints a table; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from llm import sampling
+from llm.model import ModelConfig, Transformer
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("peer", "hf", ["hf", "none"], "Implementation to compare against.")
+flags.DEFINE_string("size", "small", "Model size (configs/models.py, else the local small).")
+flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to measure.")
+flags.DEFINE_integer("new_tokens", 128, "New tokens per row (no EOS: every row runs to it).")
+flags.DEFINE_integer("prompt_len", 16, "Prompt tokens per row.")
+flags.DEFINE_integer("repeats", 3, "Timed calls per setting (the best is reported).")
+flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
+flags.DEFINE_float("top_p", 0.9, "Nucleus mass.")
+
+# The `small` size, used when configs/models.py is not on this branch.
+SMALL = dict(family="llama", vocab_size=8192, d_model=256, n_layers=6, n_heads=8,
+             n_kv_heads=4, head_dim=32, d_ff=704, max_seq_len=1024)
+
+
+def model_config(size: str) -> ModelConfig:
+    """The named size from configs/models.py, or the local `small` definition."""
+    try:
+        from configs.models import SIZES
+    except ImportError:
+        if size != "small":
+            raise
+        return ModelConfig(**SMALL)
+    return ModelConfig(**SIZES[size])
+
+
+def best_time(fn, repeats: int) -> float:
+    """Seconds of the fastest of `repeats` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def ours(graphdef, params, prompt_BP: np.ndarray) -> tuple:
+    """A zero-argument callable running our sampler to completion."""
+    B, P = prompt_BP.shape
+    sp = sampling.SamplingParams.create(B, temperature=FLAGS.temperature, top_p=FLAGS.top_p,
+                                        max_new_tokens=FLAGS.new_tokens, seed=np.arange(B))
+    lengths_B = np.full((B,), P, np.int32)
+
+    def run():
+        out = sampling.generate(graphdef, params, prompt_BP, lengths_B, sp)
+        assert int(out.lengths_B.min()) == FLAGS.new_tokens
+        return out
+
+    return run
+
+
+def to_hf(cfg: ModelConfig, params):
+    """A transformers LlamaForCausalLM holding a copy of our (scan-stacked) weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_cfg = LlamaConfig(
+        vocab_size=cfg.padded_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta, tie_word_embeddings=False, attention_bias=False)
+    hf = LlamaForCausalLM(hf_cfg).eval()
+    p = nnx.to_pure_dict(params)
+    t = lambda x: torch.tensor(np.asarray(x, np.float32))
+    sd = {"model.embed_tokens.weight": t(p["embed"]), "model.norm.weight":
+          t(p["final_norm"]["scale"]), "lm_head.weight": t(p["lm_head"]["kernel"]).T}
+    layers = p["layers"]
+    for i in range(cfg.n_layers):
+        pre = f"model.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            sd[pre + f"self_attn.{name}.weight"] = t(layers["attn"][name]["kernel"][i]).T
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            sd[pre + f"mlp.{name}.weight"] = t(layers["mlp"][name]["kernel"][i]).T
+        sd[pre + "input_layernorm.weight"] = t(layers["attn_norm"]["scale"][i])
+        sd[pre + "post_attention_layernorm.weight"] = t(layers["mlp_norm"]["scale"][i])
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    return hf
+
+
+def peer(hf, prompt_BP: np.ndarray):
+    """A zero-argument callable running transformers' generate with the same settings."""
+    import torch
+
+    input_ids = torch.tensor(prompt_BP, dtype=torch.long)
+
+    def run():
+        with torch.no_grad():
+            out = hf.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                              do_sample=True, temperature=FLAGS.temperature,
+                              top_p=FLAGS.top_p, top_k=0, max_new_tokens=FLAGS.new_tokens,
+                              min_new_tokens=FLAGS.new_tokens, pad_token_id=0,
+                              eos_token_id=None)
+        assert out.shape[1] == prompt_BP.shape[1] + FLAGS.new_tokens
+        return out
+
+    return run
+
+
+def logits_parity(graphdef, params, hf, prompt_BP: np.ndarray) -> float:
+    """Max |logit difference| between our forward and the peer's on the prompt."""
+    import torch
+
+    ours_BTV = np.asarray(nnx.merge(graphdef, params)(prompt_BP)[0])
+    with torch.no_grad():
+        theirs_BTV = hf(torch.tensor(prompt_BP, dtype=torch.long)).logits.numpy()
+    return float(np.abs(ours_BTV - theirs_BTV).max())
+
+
+def main(argv):
+    del argv
+    cfg = model_config(FLAGS.size)
+    graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    hf = to_hf(cfg, params) if FLAGS.peer == "hf" else None
+    rng = np.random.default_rng(0)
+    results = {"size": FLAGS.size, "new_tokens": FLAGS.new_tokens,
+               "prompt_len": FLAGS.prompt_len, "top_p": FLAGS.top_p,
+               "temperature": FLAGS.temperature, "peer": FLAGS.peer,
+               "backend": jax.default_backend(), "machine": platform.processor() or
+               platform.machine()}
+    if hf is not None:
+        import torch
+        results["torch_threads"] = torch.get_num_threads()
+        probe_BP = rng.integers(0, cfg.vocab_size, (2, FLAGS.prompt_len)).astype(np.int32)
+        results["max_logit_diff"] = logits_parity(graphdef, params, hf, probe_BP)
+    print(f"{'batch':>5} {'ours tok/s':>12} {'peer tok/s':>12} {'ratio':>7}")
+    for batch in map(int, FLAGS.batch_sizes):
+        prompt_BP = rng.integers(0, cfg.vocab_size, (batch, FLAGS.prompt_len)).astype(np.int32)
+        new = batch * FLAGS.new_tokens
+        ours_tps = new / best_time(ours(graphdef, params, prompt_BP), FLAGS.repeats)
+        results[f"ours_tok_s_b{batch}"] = round(ours_tps, 1)
+        line = f"{batch:>5} {ours_tps:>12.1f}"
+        if hf is not None:
+            peer_tps = new / best_time(peer(hf, prompt_BP), FLAGS.repeats)
+            results[f"peer_tok_s_b{batch}"] = round(peer_tps, 1)
+            results[f"ratio_b{batch}"] = round(ours_tps / peer_tps, 2)
+            line += f" {peer_tps:>12.1f} {ours_tps / peer_tps:>7.2f}"
+        print(line, flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,105 @@
+"""Sample from a trained model: one prompt, a JSONL file of prompts, or an interactive chat.
+
+    python scripts/sample.py --config=configs/sample.py --config.init_from=WORKDIR \\
+        --config.prompt="Once upon a time"
+    python scripts/sample.py --config=configs/sample.py --config.init_from=WORKDIR \\
+        --config.prompts_file=in.jsonl --config.output_file=out.jsonl
+    python scripts/sample.py --config=configs/sample.py:chat --config.init_from=WORKDIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/sample.py")
+
+CONTROLS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+            "frequency_penalty", "max_new_tokens", "min_new_tokens", "seed")
+
+
+def build_sampler(config):
+    """Load the model (llm.checkpoint.load_model), its tokenizer and chat template."""
+    from llm import checkpoint, sampling, sharding
+    from llm.sampler import Sampler
+
+    mesh = sharding.make_mesh(dict(config.mesh.shape))
+    loaded = checkpoint.load_model(config.init_from, mesh=mesh)
+    params = loaded.params
+    if config.decode_sharding == "tensor":
+        params = sampling.reshard_for_decode(params, mesh)
+    tokenizer, template, end_ids = None, None, []
+    if loaded.tokenizer_dir is not None:
+        from llm.data import chat
+        from llm.data.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(loaded.tokenizer_dir)
+        template = lambda messages: chat.render_messages(tokenizer, messages, True)[0]
+        end_ids = [tokenizer.role_ids["end"]] if "end" in tokenizer.role_ids else []
+    sampler = Sampler(loaded.graphdef, params, tokenizer, max_len=config.max_len or None,
+                      mesh=mesh, chat_template=template, chunk_size=config.chunk_size)
+    return sampler, end_ids
+
+
+def interactive_chat(sampler, config, controls, end_ids) -> None:
+    """Read user turns from stdin, stream each reply to stdout."""
+    messages = [{"role": "system", "content": config.system}] if config.system else []
+    while True:
+        try:
+            user = input("\n> ")
+        except EOFError:
+            return
+        messages.append({"role": "user", "content": user})
+        stream = sampler.stream(sampler.chat_template(messages), stop=tuple(config.stop),
+                                stop_token_ids=[*config.stop_token_ids, *end_ids], **controls)
+        while True:
+            try:
+                sys.stdout.write(next(stream))
+                sys.stdout.flush()
+            except StopIteration as done:
+                messages.append({"role": "assistant", "content": done.value.text})
+                break
+
+
+def main(argv):
+    del argv
+    from llm.sampler import complete_rows
+
+    config = _CONFIG.value
+    if not config.init_from:
+        raise app.UsageError("--config.init_from=DIR is required (workdir, checkpoint, hf:DIR)")
+    sampler, end_ids = build_sampler(config)
+    controls = {k: config[k] for k in CONTROLS}
+    if config.chat:
+        if sampler.tokenizer is None:
+            raise app.UsageError("chat needs a tokenizer; this model has none")
+        return interactive_chat(sampler, config, controls, end_ids)
+    if config.prompts_file:
+        with open(config.prompts_file) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    elif config.prompt:
+        rows = [{"prompt": config.prompt}]
+    else:
+        raise app.UsageError("give --config.prompt, --config.prompts_file or --config.chat")
+    if sampler.tokenizer is None and any("prompt_ids" not in r for r in rows):
+        raise app.UsageError("this model has no tokenizer: rows need 'prompt_ids'")
+    results = complete_rows(sampler, rows, batch_size=config.batch_size,
+                            stop=tuple(config.stop),
+                            stop_token_ids=[*config.stop_token_ids, *end_ids],
+                            beam_width=config.beam_width, **controls)
+    lines = [json.dumps(r, ensure_ascii=False) for r in results]
+    if config.output_file:
+        with open(config.output_file, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"wrote {len(lines)} rows to {config.output_file}")
+    elif config.prompt:
+        print(config.prompt + results[0]["completion"])
+    else:
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,138 @@
+"""Sampling transforms: empirical frequencies vs the exact filtered distribution; penalties."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from llm.sampling_filters import (  # noqa: E402
+    SamplingParams,
+    apply_penalties,
+    choose_tokens,
+    filter_logits,
+    row_keys,
+)
+
+V = 128
+PROBS = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05, 0.03, 0.02, 0.01])
+DRAWS = 20_000
+TV_BOUND = 0.025  # observed TV for 20k draws on 10 tokens is ~0.01
+
+
+def exact_distribution(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> np.ndarray:
+    """Reference (numpy, written independently): temperature → top-k → top-p → min-p."""
+    p = PROBS ** (1.0 / temperature)
+    p = p / p.sum()
+    order = np.argsort(-p, kind="stable")
+    keep = np.zeros(len(p), bool)
+    kept = order[:top_k] if top_k else order
+    q = p[kept] / p[kept].sum()
+    n = 1 + int(np.sum(np.cumsum(q)[:-1] < top_p))  # smallest prefix with mass >= top_p
+    keep[kept[:n]] = True
+    keep &= p >= min_p * p.max()
+    out = np.zeros(V)
+    out[:len(p)] = np.where(keep, p, 0.0) / np.where(keep, p, 0.0).sum()
+    return out
+
+
+@jax.jit
+def draw(sp: SamplingParams) -> jax.Array:
+    logits_BV = jnp.full((DRAWS, V), -1e9).at[:, :len(PROBS)].set(jnp.log(PROBS))
+    seen_BV = jnp.zeros((DRAWS, V), bool)
+    counts_BV = jnp.zeros((DRAWS, V), jnp.int32)
+    keys_B = row_keys(sp.seed, jnp.zeros((DRAWS,), jnp.int32))
+    tokens_B, _, _ = choose_tokens(logits_BV, sp, keys_B, seen_BV, counts_BV,
+                                   jnp.zeros((DRAWS,), jnp.int32), jnp.full((8,), -1))
+    return tokens_B
+
+
+CASES = [  # (controls, the same controls off by one kept token or with a wrong value)
+    (dict(temperature=0.7), dict(temperature=0.85)),
+    (dict(top_k=3), dict(top_k=4)),
+    (dict(top_p=0.7), dict(top_p=0.76)),  # keeps 4 tokens; the wrong one keeps 5
+    (dict(top_p=0.7), dict(top_p=0.6)),  # an inclusive-cumsum bug keeps 3
+    (dict(min_p=0.3), dict(min_p=0.25)),
+    (dict(temperature=0.7, top_k=6, top_p=0.9, min_p=0.02),  # top-p binds: 5 tokens
+     dict(temperature=0.7, top_k=5, top_p=0.9, min_p=0.02)),
+]
+
+
+def tv(p: np.ndarray, q: np.ndarray) -> float:
+    return 0.5 * float(np.abs(p - q).sum())
+
+
+@pytest.mark.parametrize("controls, wrong", CASES)
+def test_empirical_frequencies_match_exact_filtered_distribution(controls, wrong):
+    sp = SamplingParams.create(DRAWS, **{"top_p": 1.0, "temperature": 1.0, **controls},
+                               seed=np.arange(DRAWS))
+    freq = np.bincount(np.asarray(draw(sp)), minlength=V) / DRAWS
+    want = exact_distribution(**controls)
+    assert np.all(freq[want == 0] == 0), "sampled a token the filter removes"
+    assert tv(freq, want) < TV_BOUND
+    # The bound has teeth: the wrong filter's exact distribution fails it.
+    assert tv(freq, exact_distribution(**wrong)) > TV_BOUND
+
+
+def test_penalties_change_exactly_the_logits_they_should():
+    logits_BV = jnp.array([[2.0, -1.0, 3.0, -2.0, 0.5, 1.0]])
+    prompt_seen_BV = jnp.array([[True, True, False, False, False, False]])
+    counts_BV = jnp.array([[0, 0, 1, 3, 0, 0]])
+    sp = SamplingParams.create(1, repetition_penalty=2.0, presence_penalty=0.5,
+                               frequency_penalty=0.25)
+    got = np.asarray(apply_penalties(logits_BV, prompt_seen_BV, counts_BV, sp))[0]
+    want = [
+        2.0 / 2,  # prompt token, positive logit: divided by the repetition penalty
+        -1.0 * 2,  # prompt token, negative logit: multiplied (CTRL)
+        3.0 / 2 - 0.5 - 0.25 * 1,  # generated once: repetition, presence, frequency x1
+        -2.0 * 2 - 0.5 - 0.25 * 3,  # generated three times
+        0.5,  # unseen: untouched
+        1.0,
+    ]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    neutral = SamplingParams.create(1)
+    np.testing.assert_array_equal(
+        apply_penalties(logits_BV, prompt_seen_BV, counts_BV, neutral), logits_BV)
+
+
+def test_greedy_is_argmax_of_penalised_logits_and_filters_are_per_row():
+    logits_BV = jnp.array([[1.0, 3.0, 2.0, 0.0]] * 2)
+    sp = SamplingParams.create(2, temperature=0.0, repetition_penalty=[1.0, 10.0])
+    seen_BV = jnp.array([[False, True, False, False]] * 2)
+    tokens_B, logprobs_B, sampling_logprobs_B = choose_tokens(
+        logits_BV, sp, row_keys(sp.seed, jnp.zeros(2, jnp.int32)), seen_BV,
+        jnp.zeros((2, 4), jnp.int32), jnp.zeros(2, jnp.int32), jnp.full((8,), -1))
+    np.testing.assert_array_equal(tokens_B, [1, 2])  # row 1's penalty demotes token 1
+    np.testing.assert_allclose(logprobs_B, np.asarray(jax.nn.log_softmax(logits_BV[0]))[[1, 2]],
+                               atol=1e-6)  # model log-probs ignore the penalty
+    np.testing.assert_array_equal(sampling_logprobs_B, [0.0, 0.0])
+
+
+def test_cutoffs_equal_a_sort_based_reference_with_ties_and_masked_entries():
+    """The bisection keeps exactly the tokens a sort + cumulative-sum reference keeps."""
+    rng = np.random.default_rng(0)
+    B = 256
+    logits_BV = rng.normal(0, 2, (B, V)).astype(np.float32)
+    logits_BV[:, 100:] = -np.inf  # masked (padded) entries
+    logits_BV[::4, 1] = logits_BV[::4, 0]  # exact ties
+    top_k_B = rng.integers(0, 12, B)
+    top_p_B = rng.uniform(0.05, 1.0, B).astype(np.float32)
+    sp = SamplingParams.create(B, temperature=1.0, top_k=top_k_B, top_p=top_p_B)
+    kept_BV = np.isfinite(np.asarray(jax.jit(filter_logits)(jnp.asarray(logits_BV), sp)))
+    for b in range(B):
+        x = logits_BV[b]
+        order = np.argsort(-x, kind="stable")
+        k = top_k_B[b] or V
+        kth = x[order[k - 1]]
+        in_k = x >= kth  # ties at the k-th value are kept
+        p = np.exp(x - x.max()) * in_k
+        p = p / p.sum()
+        mass_above = np.array([p[x > v].sum() for v in x])  # mass strictly more likely
+        want = in_k & (mass_above < top_p_B[b]) if top_p_B[b] < 1 else in_k
+        boundary = np.abs(mass_above - top_p_B[b]) < 1e-5  # float-sum order may differ here
+        assert np.array_equal(kept_BV[b] | boundary, want | boundary), b
+    assert kept_BV.sum(1).min() >= 1

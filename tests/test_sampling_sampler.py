@@ -1,0 +1,138 @@
+"""Host Sampler: stop strings across tokens, trimming, streaming == one-shot, chat template."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from llm.model import ModelConfig, Transformer  # noqa: E402
+from llm.sampler import Sampler, find_stop  # noqa: E402
+
+
+class ByteTokenizer:
+    """Bytes 0..255 are tokens (one latin-1 character each); then BOS, EOS, PAD."""
+
+    bos_id, eos_id, pad_id, vocab_size = 256, 257, 258, 259
+
+    def encode(self, text, add_bos=False, add_eos=False):
+        return [self.bos_id] * add_bos + list(text.encode("latin-1")) + [self.eos_id] * add_eos
+
+    def decode(self, ids):
+        return bytes(i for i in ids if i < 256).decode("latin-1")
+
+
+CFG = ModelConfig(vocab_size=259, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                  head_dim=16, d_ff=128, max_seq_len=128, init_std=0.3)
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    graphdef, params = nnx.split(Transformer(CFG, nnx.Rngs(0)))
+    return Sampler(graphdef, params, ByteTokenizer(), max_len=64, chunk_size=4)
+
+
+def test_stop_string_across_tokens_ends_and_trims(sampler):
+    prompts = ["hello", "abc"]
+    free = sampler.complete(prompts, temperature=0.0, max_new_tokens=40)
+    # A 2-character stop string spans two tokens; take it from row 0's free-running text.
+    stop = free[0].text[6:8]
+    cut = free[0].text.find(stop)
+    out = sampler.complete(prompts, temperature=0.0, max_new_tokens=40, stop=[stop, "\x00zz"])
+    assert out[0].finish_reason == "stop"
+    assert out[0].text == free[0].text[:cut]
+    assert out[0].tokens == free[0].tokens[:cut + 2]  # up to the token ending the stop
+    np.testing.assert_allclose(out[0].logprobs, free[0].logprobs[:cut + 2], atol=1e-6)
+    other = find_stop(free[1].text, [stop, "\x00zz"])
+    if other < 0:
+        assert out[1].text == free[1].text and out[1].finish_reason == free[1].finish_reason
+    else:
+        assert out[1].text == free[1].text[:other] and out[1].finish_reason == "stop"
+
+
+def test_stream_pieces_join_to_the_one_shot_text(sampler):
+    kwargs = dict(temperature=0.8, top_p=0.9, seed=3, max_new_tokens=30)
+    whole = sampler.complete(["stream me"], **kwargs)[0]
+    stream = sampler.stream("stream me", **kwargs)
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as done:
+            result = done.value
+            break
+    assert len(pieces) > 2  # it really arrived in chunks
+    assert "".join(pieces) == whole.text == result.text
+    assert result.tokens == whole.tokens
+
+
+def test_eos_is_not_in_the_text_and_stop_token_ids(sampler):
+    free = sampler.complete(["x"], temperature=0.0, max_new_tokens=20)[0]
+    stop_id = free.tokens[5]
+    n = free.tokens.index(stop_id) + 1
+    out = sampler.complete(["x"], temperature=0.0, max_new_tokens=20,
+                           stop_token_ids=[stop_id])[0]
+    assert out.finish_reason == "stop" and out.tokens == free.tokens[:n]
+    sampler.tokenizer.eos_id = stop_id  # the same token as EOS: reported and left out
+    try:
+        out = sampler.complete(["x"], temperature=0.0, max_new_tokens=20)[0]
+    finally:
+        sampler.tokenizer.eos_id = ByteTokenizer.eos_id
+    assert out.finish_reason == "eos" and out.tokens == free.tokens[:n]
+    assert out.text == ByteTokenizer().decode(free.tokens[:n - 1])
+
+
+def test_chat_uses_the_template(sampler):
+    seen = []
+
+    def template(messages):
+        seen.append(messages)
+        return "".join(m["content"] for m in messages) + ">"
+
+    sampler.chat_template = template
+    reply = sampler.chat([{"role": "user", "content": "hi"}], temperature=0.0,
+                         max_new_tokens=5)
+    direct = sampler.complete(["hi>"], temperature=0.0, max_new_tokens=5)[0]
+    assert seen and reply.tokens == direct.tokens
+
+
+def test_invalid_controls_raise_value_error(sampler):
+    with pytest.raises(ValueError, match="top_p"):
+        sampler.complete(["x"], top_p=1.5)
+    with pytest.raises(ValueError, match="empty prompt"):
+        sampler.complete([[]], max_new_tokens=3)
+
+
+def test_complete_rows_reads_prompt_messages_and_ids(sampler):
+    from llm.sampler import complete_rows
+
+    sampler.chat_template = lambda messages: messages[-1]["content"]
+    rows = [{"prompt": "ab", "id": 1}, {"messages": [{"role": "user", "content": "ab"}]},
+            {"prompt_ids": [256, 97, 98]}]
+    out = complete_rows(sampler, rows, batch_size=2, temperature=0.0, max_new_tokens=4)
+    assert [r.get("id") for r in out] == [1, None, None]
+    assert out[0]["tokens"] == out[1]["tokens"] == out[2]["tokens"]  # same prompt ids
+    assert all(set(r) >= {"completion", "tokens", "logprobs", "finish_reason"} for r in out)
+    with pytest.raises(ValueError, match="row 1"):
+        complete_rows(sampler, [{"text": "x"}], batch_size=1)
+    beams = complete_rows(sampler, rows[:1], batch_size=1, beam_width=2, max_new_tokens=4)
+    assert len(beams[0]["tokens"]) <= 4
+
+
+def test_sample_config_has_every_control():
+    from configs import sample
+
+    config = sample.get_config()
+    for key in ("init_from", "prompt", "prompts_file", "output_file", "chat", "temperature",
+                "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                "frequency_penalty", "max_new_tokens", "min_new_tokens", "stop",
+                "stop_token_ids", "seed", "batch_size", "beam_width"):
+        assert key in config
+    assert (config.temperature, config.top_p, config.top_k) == (0.7, 0.9, 0)
+    assert sample.get_config("chat").chat
+    with pytest.raises(AttributeError):
+        config.temprature = 1.0  # locked: typos are errors
+    assert dict(config.mesh.shape)["data"] == -1
