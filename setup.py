@@ -21,15 +21,19 @@ setup(
         "numpy>=1.26",
         "xxhash>=3.0",
         "safetensors>=0.4",
+        "matplotlib>=3.8",  # the demo's curves PNG
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8"],
+        "test": ["pytest>=8", "ruff>=0.6"],
         # torch>=2.4,<2.14 is met by the CPU build 2.13.0 kept on the dev machines; a bare
         # `torch` would pull the multi-GB CUDA build.
         "hf": ["torch>=2.4,<2.14", "transformers>=4.45", "tokenizers>=0.20"],
         "gpu": ["jax[cuda12]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "wandb": ["wandb>=0.17"],
-        "data": ["pyarrow>=15", "zstandard>=0.22", "ftfy>=6.2", "ray>=2.30"],
+        # Parquet and .zst inputs, mojibake repair, the Ray executor, and the dedup
+        # benchmark's peers (datasketch; rensa where it installs).
+        "data": ["pyarrow>=15", "zstandard>=0.22", "ftfy>=6.2", "ray>=2.30",
+                 "datasketch>=1.6"],
     },
 )

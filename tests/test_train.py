@@ -51,7 +51,7 @@ def test_spikes_are_skipped_on_device_and_counted(tmp_path):
     result = train(config, SyntheticTask(config))
     # lr 0 and sigma 0: the loss only varies by batch, so after the warm-up every batch
     # above the running mean counts as a spike and is skipped, and the others are not.
-    assert 1 <= result["skipped_steps"] <= 8
+    assert result["skipped_steps"] >= 1 and result["skipped_steps"] <= 8
 
 
 def test_resume_with_a_changed_config_names_the_keys(tmp_path):
