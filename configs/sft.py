@@ -30,5 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.split.validation = 0.05
     config.data.dedup.near = False  # instructions legitimately share long templates
     config.data.clean.enabled = False
-    config.sft = ml_collections.ConfigDict(dict(eval_file="", eval_examples=200))
+    config.sft = ml_collections.ConfigDict(dict(
+        eval_file="",  # prompt/answer JSONL scored with greedy decoding at each eval
+        eval_examples=200, eval_verifier="exact",  # exact | arithmetic
+        eval_max_new_tokens=32))
     return config

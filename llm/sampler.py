@@ -243,3 +243,28 @@ def complete_rows(sampler: Sampler, rows: Sequence[Mapping[str, Any]], *, batch_
                         "logprobs": [round(x, 6) for x in result.logprobs],
                         "finish_reason": result.finish_reason})
     return out
+
+
+def chat_sampler(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, **kwargs: Any
+                 ) -> tuple[Sampler, list[int]]:
+    """A Sampler using the tokenizer's chat template, and the ids that end a turn."""
+    from llm.data import chat
+
+    def template(messages):
+        return chat.render_messages(tokenizer, messages, True)[0]
+
+    end_ids = [tokenizer.role_ids["end"]] if "end" in tokenizer.role_ids else []
+    return Sampler(graphdef, params, tokenizer, chat_template=template, **kwargs), end_ids
+
+
+def load_sampler(init_from: str, mesh: jax.sharding.Mesh | None = None, **kwargs: Any
+                 ) -> tuple[Sampler, list[int]]:
+    """A chat-capable Sampler for a workdir, `checkpoints/<step>` or `hf:DIR`."""
+    from llm import checkpoint
+    from llm.data.tokenizer import Tokenizer
+
+    loaded = checkpoint.load_model(init_from, mesh=mesh)
+    if loaded.tokenizer_dir is None:
+        return Sampler(loaded.graphdef, loaded.params, None, mesh=mesh, **kwargs), []
+    return chat_sampler(loaded.graphdef, loaded.params, Tokenizer.load(loaded.tokenizer_dir),
+                        mesh=mesh, **kwargs)

@@ -5,23 +5,21 @@
 """
 
 from absl import app
-from ml_collections import config_flags
 
+from llm import config as config_lib
 from llm.data import DataError
 from llm.data.prepare import prepare
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/data.py", "data config file")
 
 
 def main(argv):
     """Run the preparation pipeline and print where the result is."""
     del argv
     try:
-        out = prepare(_CONFIG.value)
-    except DataError as e:
+        out = prepare(config_lib.cli_config())
+    except (DataError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"prepared: {out}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_lib.absl_flags_parser)

@@ -13,34 +13,24 @@ import json
 import sys
 
 from absl import app
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/sample.py")
+from llm import config as config_lib
 
 CONTROLS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
             "frequency_penalty", "max_new_tokens", "min_new_tokens", "seed")
 
 
 def build_sampler(config):
-    """Load the model (llm.checkpoint.load_model), its tokenizer and chat template."""
-    from llm import checkpoint, sampling, sharding
-    from llm.sampler import Sampler
+    """The model named by init_from, with its tokenizer and chat template."""
+    from llm import sampling, sharding
+    from llm.sampler import load_sampler
 
     mesh = sharding.make_mesh(dict(config.mesh.shape))
-    loaded = checkpoint.load_model(config.init_from, mesh=mesh)
-    params = loaded.params
+    sampler, end_ids = load_sampler(config.init_from, mesh=mesh,
+                                    max_len=config.max_len or None,
+                                    chunk_size=config.chunk_size)
     if config.decode_sharding == "tensor":
-        params = sampling.reshard_for_decode(params, mesh)
-    tokenizer, template, end_ids = None, None, []
-    if loaded.tokenizer_dir is not None:
-        from llm.data import chat
-        from llm.data.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.load(loaded.tokenizer_dir)
-        template = lambda messages: chat.render_messages(tokenizer, messages, True)[0]
-        end_ids = [tokenizer.role_ids["end"]] if "end" in tokenizer.role_ids else []
-    sampler = Sampler(loaded.graphdef, params, tokenizer, max_len=config.max_len or None,
-                      mesh=mesh, chat_template=template, chunk_size=config.chunk_size)
+        sampler.params = sampling.reshard_for_decode(sampler.params, mesh)
     return sampler, end_ids
 
 
@@ -64,11 +54,21 @@ def interactive_chat(sampler, config, controls, end_ids) -> None:
                 break
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
+    """Sample as the config says; bad input is one error line, not a traceback."""
     del argv
+    try:
+        run()
+    except (ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
+    """Load the model named by --config.init_from and sample from it."""
     from llm.sampler import complete_rows
 
-    config = _CONFIG.value
+    config = config_lib.cli_config()
     if not config.init_from:
         raise app.UsageError("--config.init_from=DIR is required (workdir, checkpoint, hf:DIR)")
     sampler, end_ids = build_sampler(config)
@@ -102,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_lib.absl_flags_parser)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from llm import losses
@@ -52,42 +50,64 @@ class SftTask(PretrainTask):
         return losses.masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"])
 
     def evaluate(self, model, step):
-        """Exact-match accuracy of greedy answers on `sft.eval_file` (prompt/answer JSONL)."""
+        """Answer accuracy of greedy completions on `sft.eval_file` (prompt/answer JSONL)."""
         if not self.config.sft.eval_file:
             return {}
-        return {"eval_exact_match": exact_match(model, self.config, self._tokenizer())}
-
-    def _tokenizer(self):
         from llm.data.tokenizer import Tokenizer
 
-        return Tokenizer.load(pathlib.Path(self.config.workdir) / "tokenizer")
+        tokenizer = Tokenizer.load(pathlib.Path(self.config.workdir) / "tokenizer")
+        rows = read_eval_rows(self.config.sft.eval_file)[: self.config.sft.eval_examples]
+        return {"eval_answer_accuracy": answer_accuracy(
+            model, tokenizer, rows, self.config.sft.eval_verifier,
+            self.config.sft.eval_max_new_tokens)}
 
 
-def exact_match(model, config, tokenizer) -> float:
-    """Fraction of held-out prompts whose greedy completion is exactly the answer.
+def _exact(completion: str, answer: str) -> bool:
+    return completion.strip() == str(answer).strip()
 
-    Greedy decoding reproduces the answer exactly iff, fed the answer (teacher forcing),
-    the argmax at every answer position is the answer's next token: one batched forward
-    pass scores every example without a decode loop.
-    """
-    from llm.data import chat
 
-    rows = [json.loads(line) for line in pathlib.Path(config.sft.eval_file).read_text()
-            .splitlines() if line.strip()][: config.sft.eval_examples]
-    sequences, masks = [], []
-    for row in rows:
-        messages = [{"role": "user", "content": row["prompt"]},
-                    {"role": "assistant", "content": str(row["answer"])}]
-        ids, mask = chat.render_messages(tokenizer, messages)
-        sequences.append(ids)
-        masks.append(mask)
-    T = max(len(s) for s in sequences)
-    tokens = np.zeros((len(rows), T), np.int32)
-    target_mask = np.zeros((len(rows), T), bool)
-    for i, (ids, mask) in enumerate(zip(sequences, masks, strict=True)):
-        tokens[i, : len(ids)] = ids
-        target_mask[i, : len(ids) - 1] = np.asarray(mask[1:], bool)
-    logits_BTV, _ = jax.jit(lambda t: model(t))(jnp.asarray(tokens))
-    predicted = np.asarray(jnp.argmax(logits_BTV, axis=-1))
-    correct = (predicted[:, :-1] == tokens[:, 1:]) | ~target_mask[:, :-1]
-    return float(np.mean(np.all(correct, axis=1)))
+def _arithmetic(completion: str, answer: str) -> bool:
+    from llm.data.synthetic import check_arithmetic_answer
+
+    return check_arithmetic_answer(completion, answer)
+
+
+VERIFIERS = {"exact": _exact, "arithmetic": _arithmetic}
+
+
+def read_eval_rows(path: str) -> list[dict]:
+    """`prompt`/`answer` rows of a JSONL file; errors name the file and line."""
+    rows = []
+    for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(row, dict) or "prompt" not in row or "answer" not in row:
+            raise ValueError(f"{path}:{number}: expected an object with 'prompt' and 'answer'")
+        rows.append(row)
+    return rows
+
+
+def answer_accuracy(model, tokenizer, rows: list[dict], verifier: str,
+                    max_new_tokens: int) -> float:
+    """Fraction of rows whose greedy chat completion the named verifier accepts."""
+    from flax import nnx
+
+    from llm.sampler import chat_sampler
+
+    if verifier not in VERIFIERS:
+        raise ValueError(f"sft.eval_verifier={verifier!r}: expected one of {sorted(VERIFIERS)}")
+    if not rows:
+        return 0.0
+    graphdef, params = nnx.split(model)
+    sampler, end_ids = chat_sampler(graphdef, params, tokenizer)
+    prompts = [sampler.chat_template([{"role": "user", "content": str(r["prompt"])}])
+               for r in rows]
+    completions = sampler.complete(prompts, temperature=0.0, max_new_tokens=max_new_tokens,
+                                   stop_token_ids=end_ids)
+    check = VERIFIERS[verifier]
+    return float(np.mean([check(c.text, r["answer"]) for c, r in zip(completions, rows,
+                                                                      strict=True)]))

@@ -1,0 +1,149 @@
+"""Training throughput: tokens/s and MFU of our train step, against Hugging Face on torch.
+
+    python scripts/bench_train.py --model=small --batch=16 --seq=256 --steps=10 --peer=hf
+
+Ours: the loop's own jitted step (`llm/train/state.py`, AdamW, fp32) on random tokens.
+Peer (`--peer=hf`): transformers `LlamaForCausalLM` with the same shapes and
+`torch.optim.AdamW`, eager and under `torch.compile`. MFU on CPU is measured against a large
+jitted fp32 matmul on this host (`llm.metrics.measure_peak`); on accelerators against the
+datasheet peak. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+_MODEL = flags.DEFINE_string("model", "small", "size from configs/models.py")
+_BATCH = flags.DEFINE_integer("batch", 16, "sequences per step")
+_SEQ = flags.DEFINE_integer("seq", 256, "tokens per sequence")
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "compute dtype: float32 | bfloat16")
+_ATTENTION = flags.DEFINE_string("attention", "xla", "xla | cudnn | splash")
+_REMAT = flags.DEFINE_string("remat", "none", "remat policy")
+_PEER = flags.DEFINE_enum("peer", "none", ["none", "hf"], "also time transformers on torch")
+
+
+def bench_ours(model_cfg, batch: int, seq: int, steps: int) -> float:
+    """Seconds per step of our jitted, donated train step."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from configs.base import optim_section
+    from llm import losses, optim
+    from llm.model import Transformer
+    from llm.train import state as state_lib
+    from llm.train.task import Task
+
+    class LMTask(Task):
+        def loss(self, model, b, rng):
+            logits, _ = model(b["tokens"])
+            return losses.masked_cross_entropy(logits, b["targets"], b["loss_mask"])
+
+    section = optim_section()
+    section.warmup_steps = 0
+    tx, schedule = optim.make_optimizer(section, 1000)
+    graphdef, params = nnx.split(Transformer(model_cfg, nnx.Rngs(0)))
+    step = jax.jit(state_lib.make_train_step(
+        LMTask(None), graphdef, tx, schedule, grad_accum=1, use_dropout=False,
+        skip_spikes=False, spike_sigma=6.0, spike_warmup=1, spike_decay=0.99),
+        donate_argnums=0)
+    state = state_lib.new_state(params, tx, 0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, model_cfg.vocab_size, (batch, seq + 1)).astype(np.int32)
+    data = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
+            "loss_mask": np.ones((batch, seq), np.float32)}
+    data = jax.device_put(data)
+    for _ in range(2):
+        state, metrics = step(state, nnx.State({}), data)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, nnx.State({}), data)
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - start) / steps
+
+
+def bench_hf(model_cfg, batch: int, seq: int, steps: int, compiled: bool) -> float:
+    """Seconds per step of transformers LlamaForCausalLM + torch AdamW, same shapes."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.d_model,
+        intermediate_size=model_cfg.d_ff, num_hidden_layers=model_cfg.n_layers,
+        num_attention_heads=model_cfg.n_heads, num_key_value_heads=model_cfg.n_kv_heads,
+        head_dim=model_cfg.head_dim, max_position_embeddings=model_cfg.max_seq_len,
+        rms_norm_eps=model_cfg.norm_eps, rope_theta=model_cfg.rope_theta,
+        tie_word_embeddings=model_cfg.tie_embeddings, attn_implementation="sdpa")
+    model = LlamaForCausalLM(config)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    tokens = torch.randint(0, model_cfg.vocab_size, (batch, seq))
+
+    def step():
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    if compiled:
+        step = torch.compile(step)
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv: list[str]) -> None:
+    """Time ours (and the peer), print a table and a JSON line."""
+    del argv
+    from configs import models
+    from llm import metrics
+    from llm.model import ModelConfig
+
+    values = {k: v for k, v in models.model_config(_MODEL.value).items() if k != "size"}
+    values.update(dtype=_DTYPE.value, attention=_ATTENTION.value, remat=_REMAT.value)
+    model_cfg = ModelConfig.from_dict(values)
+    batch, seq, steps = _BATCH.value, _SEQ.value, _STEPS.value
+    tokens = batch * seq
+    flops_per_token = metrics.train_flops_per_token(model_cfg, seq)
+    peak, peak_source = metrics.device_peak_flops()
+    rows = {"ours": bench_ours(model_cfg, batch, seq, steps)}
+    if _PEER.value == "hf":
+        rows["hf_eager"] = bench_hf(model_cfg, batch, seq, steps, compiled=False)
+        try:
+            rows["hf_compile"] = bench_hf(model_cfg, batch, seq, steps, compiled=True)
+        except Exception as error:  # torch.compile needs a C++ toolchain; report, go on
+            print(f"torch.compile failed: {type(error).__name__}: {error}"[:300])
+    print(f"model={_MODEL.value} batch={batch} seq={seq} dtype={_DTYPE.value} "
+          f"peak={peak / 1e9:.0f} GFLOP/s ({peak_source})")
+    print(f"{'':12s} {'s/step':>8s} {'tokens/s':>10s} {'MFU':>7s}")
+    result = {"model": _MODEL.value, "batch": batch, "seq": seq, "dtype": _DTYPE.value,
+              "peak_flops": peak, "peak_source": peak_source}
+    for name, seconds in rows.items():
+        tps = tokens / seconds
+        mfu = tps * flops_per_token / peak
+        print(f"{name:12s} {seconds:8.3f} {tps:10,.0f} {mfu:7.1%}")
+        result[f"{name}_tokens_per_s"] = round(tps, 1)
+        result[f"{name}_mfu"] = round(mfu, 4)
+    peers = [result[k] for k in result if k.startswith("hf_") and k.endswith("tokens_per_s")]
+    if peers:
+        result["ratio_vs_best_peer"] = round(result["ours_tokens_per_s"] / max(peers), 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)
