@@ -47,14 +47,17 @@ def load_workdir(path: str, keep_adapters: bool = False
 
 
 def merge_lora(graphdef: nnx.GraphDef, params: Any) -> Any:
-    """Fold LoRA adapters into the base weights with `llm.lora.merge_params`."""
-    try:
-        from llm import lora
-        merge = lora.merge_params
-    except (ImportError, AttributeError) as e:
-        raise ConvertError("--merge_lora needs llm.lora.merge_params (the LoRA module), "
-                           f"which this installation does not provide: {e}") from e
-    return merge(graphdef, params)
+    """Fold LoRA adapters into the base weights (a checkpoint without adapters is an error)."""
+    from llm import lora
+
+    if not any(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(params)):
+        raise ConvertError("--merge_lora: this checkpoint has no LoRA adapters")
+    return lora.merge_params(graphdef, params)[1]
+
+
+def has_adapters(params: Any) -> bool:
+    """True when the parameters hold LoRA adapters (export needs --merge_lora then)."""
+    return any(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(params))
 
 
 def main(argv: list[str]) -> None:
@@ -73,6 +76,9 @@ def main(argv: list[str]) -> None:
         cfg, graphdef, params, tokenizer_dir = load_workdir(CHECKPOINT.value)
         if MERGE_LORA.value:
             params = merge_lora(graphdef, params)
+        elif has_adapters(params):
+            raise ConvertError(f"--checkpoint={CHECKPOINT.value} holds LoRA adapters; pass "
+                               "--merge_lora to fold them into the exported weights")
         hf.export_hf(cfg, params, out, dtype=DTYPE.value or "bfloat16",
                      tokenizer_dir=tokenizer_dir)
         print(f"exported {CHECKPOINT.value} -> {out}")

@@ -3,7 +3,8 @@
     python scripts/demo.py [--workdir=runs/demo] [--stages=data,pretrain,sample] [--steps=N]
 
 Stages: `data` (the Python standard library's own sources → cleaned, deduplicated,
-tokenised corpus), `pretrain` (a tiny LLaMA-style model), `sample` (text from it). Each
+tokenised corpus), `pretrain` (a tiny LLaMA-style model), `sample` (text from it), `sft`
+(fine-tuning on generated arithmetic, with answer accuracy before and after). Each
 stage writes under the workdir and can be rerun alone; a table of what each achieved and a
 PNG of the curves close the run.
 """
@@ -18,8 +19,9 @@ import time
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "where every stage writes")
-_STAGES = flags.DEFINE_list("stages", ["data", "pretrain", "sample"], "stages to run")
+_STAGES = flags.DEFINE_list("stages", ["data", "pretrain", "sample", "sft"], "stages to run")
 _STEPS = flags.DEFINE_integer("steps", 300, "pretraining steps")
+_SFT_STEPS = flags.DEFINE_integer("sft_steps", 300, "fine-tuning steps")
 _FILES = flags.DEFINE_integer("files", 400, "standard-library files in the corpus")
 
 
@@ -68,16 +70,50 @@ def stage_pretrain(workdir: pathlib.Path) -> dict:
 
 
 def stage_sample(workdir: pathlib.Path) -> dict:
-    """Greedy and sampled continuations from the pretrained model."""
-    try:
-        from llm import sampler as sampler_lib
-    except ImportError:
-        return {"skipped": "sampler not built yet"}
-    sampler = sampler_lib.Sampler.from_init(str(workdir / "pretrain"))
-    prompts = ["def ", "import ", "class "]
-    out = sampler.generate_text(prompts, max_new_tokens=48, temperature=0.7, top_p=0.9,
-                                seed=0)
-    return {"samples": dict(zip(prompts, out, strict=True))}
+    """Sampled continuations from the pretrained model (the training forward, KV-cached)."""
+    from llm.sampler import load_sampler
+
+    sampler, _ = load_sampler(str(workdir / "pretrain"))
+    prompts = ["def ", "import os\n", "class "]
+    completions = sampler.complete(prompts, max_new_tokens=48, temperature=0.7, top_p=0.9,
+                                   seed=0)
+    for prompt, completion in zip(prompts, completions, strict=True):
+        print(f"--- {prompt!r}\n{prompt}{completion.text}")
+    return {"samples": {p: c.text for p, c in zip(prompts, completions, strict=True)}}
+
+
+def stage_sft(workdir: pathlib.Path) -> dict:
+    """Fine-tune the pretrained model on generated arithmetic; answer accuracy before/after."""
+    from llm.checkpoint import load_model
+    from llm.config import load_config
+    from llm.data import synthetic
+    from llm.data.tokenizer import Tokenizer
+    from llm.train.loop import train
+    from llm.train.sft import answer_accuracy, read_eval_rows
+
+    files = synthetic.generate("arithmetic", workdir / "arithmetic", n=4000, difficulty=1,
+                               seed=0)
+    held_out = synthetic.generate("arithmetic", workdir / "arithmetic_eval", n=200,
+                                  difficulty=1, seed=1)["rl"]
+    base = load_model(str(workdir / "pretrain"))
+    tokenizer = Tokenizer.load(base.tokenizer_dir)
+    rows = read_eval_rows(str(held_out))
+    from flax import nnx
+
+    before = answer_accuracy(nnx.merge(base.graphdef, base.params), tokenizer, rows,
+                             "arithmetic", 16)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = load_config(str(root / "configs/sft.py") + ":model=tiny", [
+        f"workdir={workdir / 'sft'}", f"data.path={files['sft']}",
+        f"init_from={workdir / 'pretrain'}", f"sft.eval_file={held_out}",
+        "sft.eval_verifier=arithmetic", "sft.eval_max_new_tokens=16",
+        f"total_steps={_SFT_STEPS.value}", "batch_size=16", "seq_len=128", "optim.lr=1e-3",
+        "log.every_steps=25", f"eval.every_steps={_SFT_STEPS.value}", "eval.steps=4",
+        f"checkpoint.every_steps={_SFT_STEPS.value}",
+    ])
+    result = train(config)
+    return {"accuracy_before": before, "accuracy_after": result["eval_answer_accuracy"],
+            "eval_loss": result.get("eval_loss")}
 
 
 def plot_curves(workdir: pathlib.Path) -> pathlib.Path | None:
@@ -115,7 +151,8 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(root))
     workdir = pathlib.Path(_WORKDIR.value).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    stages = {"data": stage_data, "pretrain": stage_pretrain, "sample": stage_sample}
+    stages = {"data": stage_data, "pretrain": stage_pretrain, "sample": stage_sample,
+              "sft": stage_sft}
     unknown = [s for s in _STAGES.value if s not in stages]
     if unknown:
         raise app.UsageError(f"--stages: unknown {unknown}; known: {', '.join(stages)}")
@@ -144,6 +181,9 @@ def _headline(name: str, result: dict) -> str:
                 "steps")
     if name == "sample":
         return json.dumps(result)[:400]
+    if name == "sft":
+        return (f"arithmetic answer accuracy {result['accuracy_before']:.1%} before, "
+                f"{result['accuracy_after']:.1%} after SFT")
     return json.dumps(result)[:300]
 
 

@@ -1,6 +1,16 @@
-"""Every test process sees 8 CPU devices so each sharding path runs in CI."""
+"""Every test process sees 8 CPU devices so each sharding path runs in CI.
+
+Compiled programs go to a persistent cache shared by the test workers and the training
+subprocesses the resume tests start: identical steps compile once per CI run.
+"""
 
 import os
+import pathlib
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(tempfile.gettempdir()) / "llm-test-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -90,7 +90,11 @@ def test_import_workdir_then_export_round_trip(script, tmp_path):
         np.testing.assert_array_equal(np.asarray(flat[key]), np.asarray(value[...]))
 
 
-def test_merge_lora_without_lora_module_is_a_clear_error(script, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "llm.lora", None)
-    with pytest.raises(script.ConvertError, match="merge_params"):
-        script.merge_lora(None, {})
+def test_merge_lora_on_a_checkpoint_without_adapters_is_a_clear_error(script):
+    from flax import nnx
+
+    from llm.model import ModelConfig, Transformer
+
+    graphdef, params = nnx.split(Transformer(ModelConfig(), nnx.Rngs(0)))
+    with pytest.raises(script.ConvertError, match="no LoRA adapters"):
+        script.merge_lora(graphdef, params)
