@@ -144,6 +144,8 @@ class Sampler:
         for b, row in enumerate(ids):
             tokens_BP[b, :len(row)] = row
         eos_ids = [self.tokenizer.eos_id]
+        # Like EOS, a stop token ends the row but is not part of the text.
+        self._hidden_ids = {self.tokenizer.eos_id, *map(int, stop_token_ids)}
         state, max_len = sampling.prefill(
             self.graphdef, self.params, tokens_BP, [len(r) for r in ids], sampling_params,
             max_len=self.max_len, eos_ids=eos_ids, stop_token_ids=stop_token_ids,
@@ -185,8 +187,8 @@ class Sampler:
         return [self._finish(out, b, stops, stop_at[b]) for b in range(B)]
 
     def _text(self, tokens: Sequence[int]) -> str:
-        eos = self.tokenizer.eos_id
-        return self.tokenizer.decode([int(t) for t in tokens if t != eos])
+        hidden = getattr(self, "_hidden_ids", {self.tokenizer.eos_id})
+        return self.tokenizer.decode([int(t) for t in tokens if int(t) not in hidden])
 
     def _finish(self, out: sampling.GenerateOutput, b: int, stops: Sequence[str],
                 stop_at: int) -> Completion:

@@ -14,7 +14,7 @@ from llm.model import ModelConfig, Transformer
 from llm.train.loop import train
 from llm.train.sft import SftTask
 
-WORDS = "red blue green gold pink gray teal navy".split()
+WORDS = "red blue green gold pink gray teal navy lime plum".split()
 
 
 def write_copy_task(tmp_path, n_train=800, n_eval=100, seed=0):
@@ -37,9 +37,9 @@ def sft_config(workdir, data, held_out, *extra):
     return load_config("configs/sft.py:model=tiny", [
         f"workdir={workdir}", f"data.path={data}", f"sft.eval_file={held_out}",
         "data.tokenizer.vocab_size=300", "data.split.validation=0.05", "batch_size=16",
-        "seq_len=64", "total_steps=150", "optim.lr=3e-3", "optim.warmup_steps=10",
-        "eval.every_steps=150", "eval.steps=2", "log.every_steps=25",
-        "checkpoint.every_steps=150", "mesh.shape={'data': 8}", "sft.eval_examples=100",
+        "seq_len=64", "total_steps=200", "optim.lr=3e-3", "optim.warmup_steps=10",
+        "eval.every_steps=200", "eval.steps=2", "log.every_steps=25",
+        "checkpoint.every_steps=200", "mesh.shape={'data': 8}", "sft.eval_examples=100",
         "sft.eval_max_new_tokens=12", *extra])
 
 
@@ -74,7 +74,7 @@ def test_tiny_model_learns_toy_instruction_task(tmp_path):
     data, held_out = write_copy_task(tmp_path)
     config = sft_config(tmp_path / "run", data, held_out)
     result = train(config)
-    # 150 steps x 16 packed rows of 64 tokens, from scratch, on CPU.
+    # 200 steps x 16 packed rows of 64 tokens, from scratch, on CPU.
     assert result["eval_answer_accuracy"] >= 0.9, result
 
 
