@@ -143,9 +143,10 @@ class Sampler:
         tokens_BP = np.zeros((B, max(1, *map(len, ids))), np.int32)
         for b, row in enumerate(ids):
             tokens_BP[b, :len(row)] = row
-        eos_ids = [self.tokenizer.eos_id]
+        # Without a tokenizer (prompt_ids only) there is no EOS and no text, just tokens.
+        eos_ids = [self.tokenizer.eos_id] if self.tokenizer is not None else []
         # Like EOS, a stop token ends the row but is not part of the text.
-        self._hidden_ids = {self.tokenizer.eos_id, *map(int, stop_token_ids)}
+        self._hidden_ids = {*eos_ids, *map(int, stop_token_ids)}
         state, max_len = sampling.prefill(
             self.graphdef, self.params, tokens_BP, [len(r) for r in ids], sampling_params,
             max_len=self.max_len, eos_ids=eos_ids, stop_token_ids=stop_token_ids,
@@ -187,6 +188,8 @@ class Sampler:
         return [self._finish(out, b, stops, stop_at[b]) for b in range(B)]
 
     def _text(self, tokens: Sequence[int]) -> str:
+        if self.tokenizer is None:
+            return ""
         hidden = getattr(self, "_hidden_ids", {self.tokenizer.eos_id})
         return self.tokenizer.decode([int(t) for t in tokens if int(t) not in hidden])
 

@@ -95,6 +95,14 @@ def stage_sft(workdir: pathlib.Path) -> dict:
                                seed=0)
     held_out = synthetic.generate("arithmetic", workdir / "arithmetic_eval", n=200,
                                   difficulty=1, seed=1)["rl"]
+    # Single-digit problems repeat: hold out 40 distinct questions and train on the rest only.
+    eval_rows = list({r["prompt"]: r for r in map(json.loads, held_out.read_text()
+                                                   .splitlines())}.values())[:40]
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
+    unseen = {r["prompt"] for r in eval_rows}
+    train_lines = [line for line in files["sft"].read_text().splitlines()
+                   if json.loads(line)["messages"][0]["content"] not in unseen]
+    files["sft"].write_text("".join(line + "\n" for line in train_lines))
     base = load_model(str(workdir / "pretrain"))
     tokenizer = Tokenizer.load(base.tokenizer_dir)
     rows = read_eval_rows(str(held_out))
@@ -182,8 +190,8 @@ def _headline(name: str, result: dict) -> str:
     if name == "sample":
         return json.dumps(result)[:400]
     if name == "sft":
-        return (f"arithmetic answer accuracy {result['accuracy_before']:.1%} before, "
-                f"{result['accuracy_after']:.1%} after SFT")
+        return (f"answer accuracy on 40 held-out arithmetic questions: "
+                f"{result['accuracy_before']:.1%} before, {result['accuracy_after']:.1%} after SFT")
     return json.dumps(result)[:300]
 
 

@@ -1,0 +1,54 @@
+"""scripts/sample.py end to end: an imported Hugging Face model, prompts file in, JSONL out."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def test_sample_script_greedy_matches_transformers_generate(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=200, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "hf")
+    prompts = [[5, 17, 42], [7, 8, 9, 10, 11, 12]]
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"prompt_ids": p}) + "\n" for p in prompts))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.run(
+        [sys.executable, "scripts/sample.py", "--config=configs/sample.py",
+         f"--config.init_from=hf:{tmp_path / 'hf'}", f"--config.prompts_file={tmp_path}/in.jsonl",
+         f"--config.output_file={tmp_path}/out.jsonl", "--config.temperature=0",
+         "--config.max_new_tokens=8"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["finish_reason"] for r in rows] == ["length", "length"]
+    for prompt, row in zip(prompts, rows, strict=True):
+        with torch.no_grad():
+            ids = torch.tensor([prompt])
+            theirs = model.generate(ids, max_new_tokens=8, do_sample=False,
+                                    eos_token_id=None, pad_token_id=0)[0, len(prompt):]
+            logits = model(torch.cat([ids, theirs[None]], 1)).logits[0, len(prompt) - 1:-1]
+        top2 = np.sort(logits.numpy(), axis=-1)[:, -2:]
+        flips = [i for i, (a, b) in enumerate(zip(row["tokens"], theirs.tolist(),
+                                                   strict=True)) if a != b]
+        # A flip is allowed only at a near-tie, and then the rest may differ.
+        assert not flips or top2[flips[0], 1] - top2[flips[0], 0] < 1e-5
+        assert len(row["logprobs"]) == 8
+
+
+def test_sample_script_bad_control_is_one_clear_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "scripts/sample.py", "--config=configs/sample.py",
+         "--config.init_from=/nonexistent", "--config.prompt=hi", "--config.top_p=1.5"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "Traceback" not in proc.stderr
