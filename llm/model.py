@@ -250,7 +250,7 @@ class Attention(nnx.Module):
             kv_positions_BS = jnp.broadcast_to(jnp.arange(S)[None], (B, S))
             mask_BTS = attn_lib.visibility_mask(positions_BT, kv_positions_BS, None, None,
                                                 cfg.sliding_window or None)
-            out_BTHE, _ = attn_lib.xla_attention(q_BTHE, k_all.astype(q_BTHE.dtype),
+            out_BTHE = attn_lib.xla_attention(q_BTHE, k_all.astype(q_BTHE.dtype),
                                                  v_all.astype(q_BTHE.dtype), mask_BTS)
         elif cfg.attention == "cudnn":
             out_BTHE = attn_lib.cudnn_attention(q_BTHE, k_BTKE, v_BTKE,
@@ -260,7 +260,7 @@ class Attention(nnx.Module):
         else:
             mask_BTS = attn_lib.visibility_mask(positions_BT, positions_BT, segments_BT,
                                                 segments_BT, cfg.sliding_window or None)
-            out_BTHE, _ = attn_lib.xla_attention(
+            out_BTHE = attn_lib.xla_attention(
                 q_BTHE, k_BTKE, v_BTKE, mask_BTS, dropout_rate=cfg.attn_dropout,
                 dropout_rng=dropout_rng)
 
@@ -276,7 +276,7 @@ class Attention(nnx.Module):
         k_BPKE = jnp.broadcast_to(self.prefix_k[...].reshape(1, P, K, E), (B, P, K, E))
         v_BPKE = jnp.broadcast_to(self.prefix_v[...].reshape(1, P, K, E), (B, P, K, E))
         mask_BTP = jnp.ones((B, T, P), bool)
-        out_BTHE, _ = attn_lib.xla_attention(q_BTHE, k_BPKE.astype(q_BTHE.dtype),
+        out_BTHE = attn_lib.xla_attention(q_BTHE, k_BPKE.astype(q_BTHE.dtype),
                                              v_BPKE.astype(q_BTHE.dtype), mask_BTP)
         gate_H = jnp.tanh(self.prefix_gate[...]).astype(out_BTHE.dtype)
         return out_BTHE * gate_H[:, None]
