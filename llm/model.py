@@ -151,7 +151,11 @@ class Dense(nnx.Module):
         self.dtype = cfg.compute_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        # A 2-D matmul over flattened rows: its weight gradient is then one plain GEMM
+        # (XLA:CPU runs a dot that contracts batch and sequence together much slower).
+        kernel = self.kernel[...].astype(self.dtype)
+        y = jnp.dot(x.astype(self.dtype).reshape(-1, x.shape[-1]), kernel)
+        y = y.reshape(*x.shape[:-1], kernel.shape[-1])
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -418,8 +422,10 @@ class Transformer(nnx.Module):
             w_DV = self.embed[...].T
         else:
             w_DV = self.lm_head.kernel[...]
-        logits_BTV = jnp.dot(h_BTD.astype(cfg.compute_dtype), w_DV.astype(cfg.compute_dtype),
+        h_ND = h_BTD.astype(cfg.compute_dtype).reshape(-1, h_BTD.shape[-1])
+        logits_BTV = jnp.dot(h_ND, w_DV.astype(cfg.compute_dtype),
                              preferred_element_type=jnp.float32)
+        logits_BTV = logits_BTV.reshape(*h_BTD.shape[:-1], w_DV.shape[-1])
         if cfg.padded_vocab != cfg.vocab_size:
             valid_V = jnp.arange(cfg.padded_vocab) < cfg.vocab_size
             logits_BTV = jnp.where(valid_V, logits_BTV, jnp.finfo(jnp.float32).min)

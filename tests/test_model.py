@@ -97,3 +97,18 @@ def test_rope_llama3_scaling_changes_only_low_frequencies():
 def test_bad_model_config_is_one_clear_error(field, value):
     with pytest.raises(ModelConfigError, match=field):
         ModelConfig(**{**TINY, field: value}).validate()
+
+
+def test_splash_kernel_in_interpret_mode_equals_xla_with_packing():
+    import dataclasses
+
+    cfg = ModelConfig(**{**TINY, "n_layers": 1, "head_dim": 128, "max_seq_len": 256})
+    graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    splash_graphdef = nnx.split(Transformer(dataclasses.replace(cfg, attention="splash"),
+                                            nnx.Rngs(0)))[0]
+    tokens = jax.random.randint(jax.random.key(5), (1, 256), 0, 200)
+    segments = jnp.array([[1] * 100 + [2] * 156])
+    positions = jnp.array([list(range(100)) + list(range(156))])
+    xla, _ = nnx.merge(graphdef, params)(tokens, positions, segments)
+    splash, _ = nnx.merge(splash_graphdef, params)(tokens, positions, segments)
+    np.testing.assert_allclose(splash, xla, atol=1e-4)

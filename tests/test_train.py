@@ -131,3 +131,9 @@ def test_batch_must_divide_the_mesh(tmp_path):
     config = config_for(tmp_path, "batch_size=6")
     with pytest.raises(ConfigError, match="batch_size=6"):
         train(config, SyntheticTask(config))
+
+
+def test_attention_kernel_the_backend_cannot_run_is_one_clear_error(tmp_path):
+    config = config_for(tmp_path, "model.attention=cudnn")
+    with pytest.raises(ValueError, match="model.attention='cudnn' needs a GPU"):
+        train(config, SyntheticTask(config))

@@ -21,6 +21,7 @@ import numpy as np
 import xxhash
 from flax import nnx
 
+from llm import attention as attn_lib
 from llm import config as config_lib
 from llm import metrics as metrics_lib
 from llm import optim, sharding
@@ -101,7 +102,9 @@ def _resolve_model_config(config: ml_collections.ConfigDict, vocab_size: int | N
             f"seq_len={config.seq_len}: longer than model.max_seq_len={config.model.max_seq_len}")
     values = {k: v for k, v in config.model.items() if k != "size"}
     values.update(peft.model_config_overrides(config.peft))
-    return ModelConfig.from_dict(values)
+    model_cfg = ModelConfig.from_dict(values)
+    attn_lib.check_implementation(model_cfg.attention)
+    return model_cfg
 
 
 def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[str, Any]:
