@@ -34,12 +34,17 @@ class SyntheticTask(Task):
     name = "synthetic"
 
     def datasets(self, config, mesh, workdir):
+        import jax
+
+        count, index = jax.process_count(), jax.process_index()
+
         def make(seed: int, n_rows: int):
             rows = packed_rows(n_rows, config.seq_len, config.model.vocab_size, seed)
+            rows = rows[index::count]  # each process reads its own shard
 
             def iterator():
                 ds = grain.MapDataset.source(rows).shuffle(seed=config.seed).repeat()
-                return iter(ds.batch(config.batch_size, drop_remainder=True))
+                return iter(ds.batch(config.batch_size // count, drop_remainder=True))
 
             return iterator
 
