@@ -98,23 +98,17 @@ def test_lora_sft_from_a_base_keeps_it_and_saves_adapters_only(tmp_path):
     tuned_logits, _ = nnx.merge(tuned.graphdef, tuned.params)(tokens)
     assert not np.allclose(base_logits, tuned_logits)  # adapters trained and applied
     # Export with the adapters merged: transformers gives the tuned model's logits.
-    import importlib.util
-
     import torch
     from transformers import AutoModelForCausalLM
 
-    spec = importlib.util.spec_from_file_location("convert_hf", "scripts/convert_hf.py")
-    convert = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convert)
-    from llm import hf
+    from llm import hf, lora
 
-    cfg, graphdef, params, _ = convert.load_workdir(str(tmp_path / "lora"))
-    hf.export_hf(cfg, convert.merge_lora(graphdef, params), str(tmp_path / "hf"),
-                 dtype="float32")
+    merged = lora.merge_params(tuned.graphdef, tuned.params)[1]
+    hf.export_hf(tuned.model_cfg, merged, str(tmp_path / "hf"), dtype="float32")
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         theirs = exported(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
-    np.testing.assert_allclose(theirs, np.asarray(tuned_logits)[..., :cfg.vocab_size],
+    np.testing.assert_allclose(theirs, np.asarray(tuned_logits)[..., :tuned.model_cfg.vocab_size],
                                atol=1e-4)
     flat_base = dict(nnx.to_flat_state(base_model.params))
     for path, variable in nnx.to_flat_state(tuned.params):
