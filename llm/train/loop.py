@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import xxhash
@@ -374,7 +373,3 @@ def _copy_tokenizer(tokenizer_dir, workdir: pathlib.Path, is_primary: bool) -> N
     if not target.exists():
         shutil.copytree(tokenizer_dir, target)
 
-
-def jnp_finite(x: Any) -> bool:
-    """True when every leaf of a pytree is finite (host check used by tests)."""
-    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(x))
