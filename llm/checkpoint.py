@@ -142,7 +142,7 @@ class Checkpointer:
         if iterator is not None:
             items["data_iterator"] = grain.checkpoint.CheckpointRestore(iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        _check_finite_shapes(abstract, restored["state"])
+        _check_shapes(abstract, restored["state"])
         return from_saveable(template_state, restored["state"]), dict(restored["loop"])
 
     def wait(self) -> None:
@@ -155,7 +155,7 @@ class Checkpointer:
         self.manager.close()
 
 
-def _check_finite_shapes(abstract: Any, restored: Any) -> None:
+def _check_shapes(abstract: Any, restored: Any) -> None:
     for a, r in zip(jax.tree.leaves(abstract), jax.tree.leaves(restored), strict=True):
         if a.shape != r.shape:
             raise CheckpointError(f"restored shape {r.shape} does not match expected {a.shape}")
@@ -233,6 +233,30 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
 
 
 
+def copy_params(target: Any, source: Any, where: str) -> None:
+    """Copy base weights into a fresh (possibly prefix-extended) state, checking that every
+    base weight is found with its shape, so a layout mismatch (e.g. scanned vs unrolled
+    layers) is an error rather than silently random weights."""
+    from llm import lora
+
+    found = dict(nnx.to_flat_state(source))
+    missing = []
+    for path, variable in nnx.to_flat_state(target):
+        name = "/".join(map(str, path))
+        if path not in found:
+            if path[-1] not in lora.PREFIX_NAMES:  # new trainable prefixes start fresh
+                missing.append(name)
+            continue
+        if found[path].shape != variable.shape:
+            raise CheckpointError(f"{where}: {name} has shape {found[path].shape}, "
+                                  f"expected {variable.shape}")
+        variable.set_value(found[path][...])
+    if missing:
+        raise CheckpointError(f"{where}: {len(missing)} weights of this model are not in the "
+                              f"checkpoint, e.g. {', '.join(missing[:3])} (is model.scan_layers "
+                              "or the model family different?)")
+
+
 def _restore_params(step_dir: pathlib.Path, template: Any, mesh, rules) -> Any:
     """The `params` subtree of a checkpoint's state, restored onto `template`'s shardings."""
     from llm import sharding
@@ -267,11 +291,7 @@ def _load_peft_run(config: dict, values: dict, step_dir: pathlib.Path, mesh, rul
         lambda: Transformer(model_cfg, nnx.Rngs(params=config.get("seed", 0))), mesh, rules)
     if config.get("init_from"):
         base = load_model(config["init_from"], mesh, rules)
-        target = nnx.to_flat_state(full)
-        source = dict(nnx.to_flat_state(base.params))
-        for path, variable in target:
-            if path in source:
-                variable.set_value(source[path][...])
+        copy_params(full, base.params, f"{step_dir}: its init_from={config['init_from']}")
     model = peft.apply_peft(nnx.merge(graphdef, full), peft_cfg,
                             nnx.Rngs(params=config.get("seed", 0) + 1))
     graphdef, adapters, rest = nnx.split(model, peft.trainable_filter(peft_cfg), ...)

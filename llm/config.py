@@ -150,10 +150,6 @@ def set_value(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
             raise _unknown_key(config, ".".join(parents[: i + 1]) if i < len(parents) else key)
         node = node[part]
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-        if isinstance(node, ml_collections.ConfigDict) and node.get("_open_", False):
-            with node.unlocked():
-                node[leaf] = _parse(raw, None, key)
-            return
         raise _unknown_key(config, key)
     current = node[leaf]
     if isinstance(current, ml_collections.ConfigDict):

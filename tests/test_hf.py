@@ -5,22 +5,18 @@ and biases included, so a dropped or misplaced one changes the logits), saved wi
 `save_pretrained`, and compared with our import in float32.
 """
 
+import json
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
-
-import json  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import numpy as np
+import pytest
+from flax import nnx
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from llm import hf, sharding  # noqa: E402
+from llm import hf, sharding  # noqa: E402 - after the importorskip guards
 
 VOCAB = 200  # padded to 256 by the model, so padding is exercised
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -3,20 +3,16 @@
 Runs without torch: the directories are written by our own export and then damaged.
 """
 
+import json
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file, save_file
 
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-from safetensors.numpy import load_file, save_file  # noqa: E402
-
-from llm import hf  # noqa: E402
-from llm.model import ModelConfig, Transformer  # noqa: E402
+from llm import hf
+from llm.model import ModelConfig, Transformer
 
 CFG = ModelConfig(family="llama", vocab_size=200, d_model=64, n_layers=2, n_heads=4,
                   n_kv_heads=2, head_dim=16, d_ff=96, max_seq_len=128, norm_eps=1e-6,

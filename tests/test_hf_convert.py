@@ -1,23 +1,19 @@
 """scripts/convert_hf.py: HF dir -> workdir -> HF dir, tokenizer and chat template included."""
 
+import importlib.util
+import json
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
-
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from absl import flags  # noqa: E402
-from flax import nnx  # noqa: E402
+import numpy as np
+import pytest
+from absl import flags
+from flax import nnx
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from llm import hf  # noqa: E402
+from llm import hf  # noqa: E402 - after the importorskip guards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"

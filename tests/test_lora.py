@@ -1,40 +1,27 @@
 """LoRA must-holds: exact at init, base untouched by training, merge, adapter checkpoints."""
 
+import dataclasses
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from peft_helpers import TINY, tokens
+from peft_helpers import forward as _forward
 
-import dataclasses  # noqa: E402
+from llm import lora, peft, sharding
+from llm.model import Transformer
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from llm import lora, peft, sharding  # noqa: E402
-from llm.model import ModelConfig, Transformer  # noqa: E402
 
 # Mutually distinct widths (q 128->64, k/v 128->32, o 64->128, mlp 128<->192).
-TINY = ModelConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2,
-                   head_dim=16, d_ff=192, max_seq_len=64)
-
-
 def lora_cfg(**overrides):
     cfg = peft.peft_section()
     cfg.method = "lora"
     cfg.rank, cfg.alpha = 4, 8.0
     cfg.update(overrides)
     return cfg
-
-
-def tokens(seed=0, batch=4, length=17):
-    return jax.random.randint(jax.random.key(seed), (batch, length), 0, TINY.vocab_size)
-
-
-_forward = jax.jit(lambda graphdef, state, batch: nnx.merge(graphdef, state)(batch)[0],
-                   static_argnums=0)
 
 
 def logits(model_or_graphdef, *states, batch=None):

@@ -1,32 +1,19 @@
 """NF4 / int8 quantisation and QLoRA must-holds."""
 
-import os
+import dataclasses
+import math
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from peft_helpers import TINY, tokens
+from peft_helpers import forward as _forward
 
-import dataclasses  # noqa: E402
-import math  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from llm import lora, peft, quant, sharding  # noqa: E402
-from llm.model import ModelConfig, Transformer  # noqa: E402
-
-TINY = ModelConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2,
-                   head_dim=16, d_ff=192, max_seq_len=64)
-
-_forward = jax.jit(lambda graphdef, state, batch: nnx.merge(graphdef, state)(batch)[0],
-                   static_argnums=0)
-
-
-def tokens(seed=0, batch=4, length=17):
-    return jax.random.randint(jax.random.key(seed), (batch, length), 0, TINY.vocab_size)
+from llm import lora, peft, quant, sharding
+from llm.model import Transformer
 
 
 def qlora_cfg(**overrides):

@@ -1,20 +1,15 @@
 """Sampler must-holds: cached greedy == full recompute, log-probs, stops, compile-once, errors."""
 
-import os
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from llm import sampling, sampling_filters  # noqa: E402
-from llm import sharding as sharding_lib  # noqa: E402
-from llm.model import ModelConfig, Transformer  # noqa: E402
-from llm.sampling import SamplingParams  # noqa: E402
+from llm import sampling, sampling_filters
+from llm import sharding as sharding_lib
+from llm.model import ModelConfig, Transformer
+from llm.sampling import SamplingParams
 
 # Larger init std than training so the tiny model's distributions are peaked, not uniform.
 CFG = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,

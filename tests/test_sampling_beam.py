@@ -1,19 +1,14 @@
 """Beam search: width 1 is greedy; a wide enough beam finds the exhaustive optimum."""
 
-import os
+import itertools
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
+import jax
+import numpy as np
+import pytest
+from flax import nnx
 
-import itertools  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from llm import beam, sampling  # noqa: E402
-from llm.model import ModelConfig, Transformer  # noqa: E402
+from llm import beam, sampling
+from llm.model import ModelConfig, Transformer
 
 # A 4-token vocabulary (padded to 128, padded entries masked) so 4**3 sequences enumerate.
 CFG = ModelConfig(vocab_size=4, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,

@@ -1,16 +1,11 @@
 """Sampling transforms: empirical frequencies vs the exact filtered distribution; penalties."""
 
-import os
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from llm.sampling_filters import (  # noqa: E402
+from llm.sampling_filters import (
     SamplingParams,
     apply_penalties,
     choose_tokens,

@@ -1,16 +1,11 @@
 """Host Sampler: stop strings across tokens, trimming, streaming == one-shot, chat template."""
 
-import os
+import numpy as np
+import pytest
+from flax import nnx
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from llm.model import ModelConfig, Transformer  # noqa: E402
-from llm.sampler import Sampler, find_stop  # noqa: E402
+from llm.model import ModelConfig, Transformer
+from llm.sampler import Sampler, find_stop
 
 
 class ByteTokenizer:

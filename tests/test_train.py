@@ -137,3 +137,13 @@ def test_attention_kernel_the_backend_cannot_run_is_one_clear_error(tmp_path):
     config = config_for(tmp_path, "model.attention=cudnn")
     with pytest.raises(ValueError, match="model.attention='cudnn' needs a GPU"):
         train(config, SyntheticTask(config))
+
+
+def test_init_from_a_different_layer_layout_is_one_clear_error(tmp_path):
+    base = config_for(tmp_path / "base", "total_steps=2", "eval.every_steps=0",
+                      "model.scan_layers=false")
+    train(base, SyntheticTask(base))
+    config = config_for(tmp_path / "run", "total_steps=2", "eval.every_steps=0",
+                        f"init_from={tmp_path / 'base'}")
+    with pytest.raises(ValueError, match="not in the checkpoint.*scan_layers"):
+        train(config, SyntheticTask(config))

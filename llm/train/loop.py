@@ -24,7 +24,7 @@ from llm import attention as attn_lib
 from llm import config as config_lib
 from llm import metrics as metrics_lib
 from llm import optim, sharding
-from llm.checkpoint import Checkpointer, CheckpointError, load_model
+from llm.checkpoint import Checkpointer, CheckpointError, copy_params, load_model
 from llm.model import ModelConfig
 from llm.train import state as state_lib
 from llm.train.task import Task
@@ -268,7 +268,7 @@ def _build_params(task: Task, model_cfg: ModelConfig, config, mesh, rules):
             raise CheckpointError(
                 f"init_from={config.init_from}: its vocabulary ({loaded.model_cfg.vocab_size})"
                 f" differs from this run's ({model_cfg.vocab_size})")
-        _overwrite_base(full, loaded.params, config.init_from)
+        copy_params(full, loaded.params, f"init_from={config.init_from}")
     model = nnx.merge(graphdef, full)
     if config.peft.method != "none":
         model = peft.apply_peft(model, config.peft, nnx.Rngs(params=config.seed + 1))
@@ -276,18 +276,6 @@ def _build_params(task: Task, model_cfg: ModelConfig, config, mesh, rules):
         model = nnx.merge(graphdef, sharding.shard_state(full, mesh, rules))
     graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
     return graphdef, params, frozen
-
-
-def _overwrite_base(full: nnx.State, loaded: nnx.State, where: str) -> None:
-    """Copy loaded base weights into a (possibly adapter-extended) fresh state."""
-    target = nnx.to_flat_state(full)
-    source = dict(nnx.to_flat_state(loaded))
-    for path, variable in target:
-        if path in source:
-            if source[path].shape != variable.shape:
-                raise CheckpointError(f"init_from={where}: {'/'.join(map(str, path))} has "
-                                      f"shape {source[path].shape}, expected {variable.shape}")
-            variable.set_value(source[path][...])
 
 
 def _maybe_resume(checkpointer, workdir, resolved, state, state_shardings, train_iter):
