@@ -5,6 +5,7 @@ import random
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -88,9 +89,18 @@ def test_lora_sft_from_a_base_keeps_it_and_saves_adapters_only(tmp_path):
                         "peft.method=lora", "total_steps=6", "eval.every_steps=0",
                         "checkpoint.every_steps=6")
     train(config)
-    size = lambda p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())  # noqa: E731
-    assert size(tmp_path / "lora" / "checkpoints") < 0.5 * size(tmp_path / "base" /
-                                                               "checkpoints")
+    # The LoRA run's checkpoint stores the adapters only: count the saved parameter values
+    # (on a model this tiny, orbax's fixed per-array overhead dominates the bytes on disk).
+    def saved_params(step_dir):
+        restored = ocp.PyTreeCheckpointer().restore(step_dir / "state")
+        return jax.tree_util.tree_flatten_with_path(restored["params"])[0]
+
+    lora_saved = saved_params(tmp_path / "lora" / "checkpoints" / "6")
+    base_saved = saved_params(tmp_path / "base" / "checkpoints" / "4")
+    assert {path[-1].key for path, _ in lora_saved} == {"lora_a", "lora_b"}
+    # Rank-8 adapters on this 64-wide model are 13% of its weights.
+    assert sum(np.size(x) for _, x in lora_saved) < 0.15 * sum(np.size(x)
+                                                               for _, x in base_saved)
     base_model = load_model(str(tmp_path / "base"))
     tuned = load_model(str(tmp_path / "lora"))
     tokens = np.arange(10, dtype=np.int32)[None]

@@ -147,3 +147,10 @@ def test_init_from_a_different_layer_layout_is_one_clear_error(tmp_path):
                         f"init_from={tmp_path / 'base'}")
     with pytest.raises(ValueError, match="not in the checkpoint.*scan_layers"):
         train(config, SyntheticTask(config))
+
+
+@pytest.mark.parametrize("override", ["checkpoint.every_steps=0", "log.every_steps=0"])
+def test_zero_intervals_are_one_clear_error(tmp_path, override):
+    config = config_for(tmp_path, override)
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        train(config, SyntheticTask(config))

@@ -75,7 +75,13 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _check_batch_divisibility(config: ml_collections.ConfigDict, mesh) -> None:
+def _check_loop_settings(config: ml_collections.ConfigDict, mesh) -> None:
+    for key in ("checkpoint.every_steps", "log.every_steps", "checkpoint.keep"):
+        section, name = key.split(".")
+        if int(config[section][name]) < 1:
+            raise config_lib.ConfigError(f"{key}={config[section][name]}: expected >= 1")
+    if int(config.eval.every_steps) < 0 or int(config.eval.patience) < 0:
+        raise config_lib.ConfigError("eval.every_steps and eval.patience: expected >= 0")
     accum = int(config.optim.grad_accum)
     if config.batch_size <= 0 or config.batch_size % accum:
         raise config_lib.ConfigError(
@@ -123,7 +129,7 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
     # ---------------------------------------------------------------- mesh
     mesh = sharding.make_mesh(dict(config.mesh.shape))
     rules = {k: (v or None) for k, v in config.mesh.rules.items()}
-    _check_batch_divisibility(config, mesh)
+    _check_loop_settings(config, mesh)
 
     # ---------------------------------------------------------------- data
     with config.unlocked():
@@ -159,7 +165,13 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
                              train_iter)
     start_step = 0
     if restored is not None:
+        base_hash = loop_state.get("base_hash")
         start_step, state, loop_state = restored
+        if base_hash != loop_state.get("base_hash"):
+            raise TrainingError(
+                f"{workdir}: the adapters were trained on a different base than "
+                f"init_from={config.init_from!r} gives now; restore that base or use a new "
+                "workdir")
         print(f"resumed from {workdir / 'checkpoints' / str(start_step)}", flush=True)
     if is_primary:
         (workdir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
@@ -187,7 +199,7 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
     # ---------------------------------------------------------------- loop
     stop = _StopFlag()
     stop.install()
-    pending = None  # (step, device metrics, batch hash, tokens, dispatch time)
+    pending = None  # (step, device metrics, batch hash, tokens) of the step in flight
     last_read = time.perf_counter()
     first_step = start_step
     final_metrics: dict[str, Any] = {}
