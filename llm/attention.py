@@ -64,23 +64,74 @@ def xla_attention(
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
-    """Plain einsum attention with grouped queries (softmax in float32): out_BTHE.
+    """Einsum attention with grouped queries (scores and softmax in float32): out_BTHE.
 
     Every query sees at least itself (same position and segment), so no row is fully
-    masked and one large negative fill suffices.
+    masked and one large negative bias suffices. Without dropout the backward pass
+    recomputes the probabilities from the saved log-sum-exp (as flash attention does)
+    instead of keeping a [B, H, T, S] tensor per layer alive between the passes.
     """
     B, T, H, E = q_BTHE.shape
     K = k_BSKE.shape[2]
-    q_BTKGE = (q_BTHE * jnp.asarray(E**-0.5, q_BTHE.dtype)).reshape(B, T, K, H // K, E)
-    scores_BKGTS = jnp.einsum("btkge,bske->bkgts", q_BTKGE, k_BSKE,
-                              preferred_element_type=jnp.float32)
-    scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS, -1e30)
-    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1)
+    q_BKGTE = jnp.transpose((q_BTHE * jnp.asarray(E**-0.5, q_BTHE.dtype)).reshape(
+        B, T, K, H // K, E), (0, 2, 3, 1, 4))
+    k_BKSE = jnp.swapaxes(k_BSKE, 1, 2)
+    v_BKSE = jnp.swapaxes(v_BSKE, 1, 2)
     if dropout_rate > 0.0 and dropout_rng is not None:
+        probs_BKGTS = jax.nn.softmax(_scores(q_BKGTE, k_BKSE, mask_BTS), axis=-1)
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BKGTS.shape)
         probs_BKGTS = jnp.where(keep, probs_BKGTS / (1.0 - dropout_rate), 0.0)
-    out_BTKGE = jnp.einsum("bkgts,bske->btkge", probs_BKGTS.astype(v_BSKE.dtype), v_BSKE)
-    return out_BTKGE.reshape(B, T, H, E)
+        out_BKGTE = jnp.einsum("bkgts,bkse->bkgte", probs_BKGTS.astype(v_BKSE.dtype), v_BKSE)
+    else:
+        out_BKGTE = _attention(q_BKGTE, k_BKSE, v_BKSE, mask_BTS)
+    return jnp.transpose(out_BKGTE, (0, 3, 1, 2, 4)).reshape(B, T, H, E)
+
+
+def _scores(q_BKGTE: jax.Array, k_BKSE: jax.Array, mask_BTS: jax.Array) -> jax.Array:
+    """Masked scores_BKGTS in float32 (batch dims lead, so the dot needs no transposes)."""
+    scores_BKGTS = jnp.einsum("bkgte,bkse->bkgts", q_BKGTE, k_BKSE,
+                              preferred_element_type=jnp.float32)
+    bias_BTS = jnp.where(mask_BTS, 0.0, -1e30).astype(jnp.float32)
+    return scores_BKGTS + bias_BTS[:, None, None]
+
+
+def _attention_forward(q_BKGTE, k_BKSE, v_BKSE, mask_BTS):
+    scores_BKGTS = _scores(q_BKGTE, k_BKSE, mask_BTS)
+    max_BKGT = jnp.max(scores_BKGTS, axis=-1)
+    exp_BKGTS = jnp.exp(scores_BKGTS - max_BKGT[..., None])
+    sum_BKGT = jnp.sum(exp_BKGTS, axis=-1)
+    out_BKGTE = jnp.einsum("bkgts,bkse->bkgte", exp_BKGTS.astype(v_BKSE.dtype), v_BKSE,
+                           preferred_element_type=jnp.float32) / sum_BKGT[..., None]
+    out_BKGTE = out_BKGTE.astype(q_BKGTE.dtype)
+    lse_BKGT = max_BKGT + jnp.log(sum_BKGT)
+    return out_BKGTE, (q_BKGTE, k_BKSE, v_BKSE, mask_BTS, out_BKGTE, lse_BKGT)
+
+
+def _attention_backward(residuals, dout_BKGTE):
+    q_BKGTE, k_BKSE, v_BKSE, mask_BTS, out_BKGTE, lse_BKGT = residuals
+    probs_BKGTS = jnp.exp(_scores(q_BKGTE, k_BKSE, mask_BTS) - lse_BKGT[..., None])
+    dv_BKSE = jnp.einsum("bkgts,bkgte->bkse", probs_BKGTS.astype(dout_BKGTE.dtype),
+                         dout_BKGTE, preferred_element_type=jnp.float32)
+    dprobs_BKGTS = jnp.einsum("bkgte,bkse->bkgts", dout_BKGTE, v_BKSE,
+                              preferred_element_type=jnp.float32)
+    delta_BKGT = jnp.sum(dout_BKGTE.astype(jnp.float32) * out_BKGTE.astype(jnp.float32),
+                         axis=-1)
+    dscores_BKGTS = (probs_BKGTS * (dprobs_BKGTS - delta_BKGT[..., None])).astype(
+        q_BKGTE.dtype)
+    dq_BKGTE = jnp.einsum("bkgts,bkse->bkgte", dscores_BKGTS, k_BKSE,
+                          preferred_element_type=jnp.float32)
+    dk_BKSE = jnp.einsum("bkgts,bkgte->bkse", dscores_BKGTS, q_BKGTE,
+                         preferred_element_type=jnp.float32)
+    return (dq_BKGTE.astype(q_BKGTE.dtype), dk_BKSE.astype(k_BKSE.dtype),
+            dv_BKSE.astype(v_BKSE.dtype), None)
+
+
+@jax.custom_vjp
+def _attention(q_BKGTE, k_BKSE, v_BKSE, mask_BTS):
+    return _attention_forward(q_BKGTE, k_BKSE, v_BKSE, mask_BTS)[0]
+
+
+_attention.defvjp(_attention_forward, _attention_backward)
 
 
 def cudnn_attention(
