@@ -10,6 +10,8 @@ never visible to that row's real queries.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -95,15 +97,23 @@ def _scores(q_BKGTE: jax.Array, k_BKSE: jax.Array, mask_BTS: jax.Array) -> jax.A
     return scores_BKGTS + bias_BTS[:, None, None]
 
 
-def _attention_forward(q_BKGTE, k_BKSE, v_BKSE, mask_BTS):
-    scores_BKGTS = _scores(q_BKGTE, k_BKSE, mask_BTS)
+def _softmax_values(scores_BKGTS: jax.Array, v_BKSE: jax.Array, dtype: Any
+                    ) -> tuple[jax.Array, jax.Array]:
+    """softmax(scores) @ v, normalised after the matmul, and the log-sum-exp of the scores.
+
+    Training and cached decoding both use this, so their rounding agrees.
+    """
     max_BKGT = jnp.max(scores_BKGTS, axis=-1)
     exp_BKGTS = jnp.exp(scores_BKGTS - max_BKGT[..., None])
     sum_BKGT = jnp.sum(exp_BKGTS, axis=-1)
     out_BKGTE = jnp.einsum("bkgts,bkse->bkgte", exp_BKGTS.astype(v_BKSE.dtype), v_BKSE,
                            preferred_element_type=jnp.float32) / sum_BKGT[..., None]
-    out_BKGTE = out_BKGTE.astype(q_BKGTE.dtype)
-    lse_BKGT = max_BKGT + jnp.log(sum_BKGT)
+    return out_BKGTE.astype(dtype), max_BKGT + jnp.log(sum_BKGT)
+
+
+def _attention_forward(q_BKGTE, k_BKSE, v_BKSE, mask_BTS):
+    out_BKGTE, lse_BKGT = _softmax_values(_scores(q_BKGTE, k_BKSE, mask_BTS), v_BKSE,
+                                          q_BKGTE.dtype)
     return out_BKGTE, (q_BKGTE, k_BKSE, v_BKSE, mask_BTS, out_BKGTE, lse_BKGT)
 
 
@@ -182,19 +192,39 @@ def splash_attention(
 
 
 def update_cache(
-    cache_k_BSKE: jax.Array,
-    cache_v_BSKE: jax.Array,
+    cache_k_BKES: jax.Array,
+    cache_v_BKSE: jax.Array,
     k_BTKE: jax.Array,
     v_BTKE: jax.Array,
     positions_BT: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """Write new keys/values into the cache at their positions (slot index == position)."""
-    S = cache_k_BSKE.shape[1]
+    """Write new keys/values into the cache at their positions (slot index == position).
+
+    Keys are cached transposed, [B, K, E, S], and values as [B, K, S, E]: the layouts the
+    two attention matmuls read directly, so no decode step transposes the whole cache.
+    """
+    S = cache_v_BKSE.shape[2]
     # Positions past the cache (padding beyond max length) are dropped, not wrapped.
     slots_BT = jnp.where(positions_BT < S, positions_BT, S)
     rows_B1 = jnp.arange(k_BTKE.shape[0])[:, None]
-    cache_k_BSKE = cache_k_BSKE.at[rows_B1, slots_BT].set(k_BTKE.astype(cache_k_BSKE.dtype),
-                                                         mode="drop")
-    cache_v_BSKE = cache_v_BSKE.at[rows_B1, slots_BT].set(v_BTKE.astype(cache_v_BSKE.dtype),
-                                                         mode="drop")
-    return cache_k_BSKE, cache_v_BSKE
+    # Advanced indices separated by slices put their [B, T] dims first: [B, T, K, E].
+    cache_k_BKES = cache_k_BKES.at[rows_B1, :, :, slots_BT].set(
+        k_BTKE.astype(cache_k_BKES.dtype), mode="drop")
+    cache_v_BKSE = cache_v_BKSE.at[rows_B1, :, slots_BT, :].set(
+        v_BTKE.astype(cache_v_BKSE.dtype), mode="drop")
+    return cache_k_BKES, cache_v_BKSE
+
+
+def cached_attention(q_BTHE: jax.Array, cache_k_BKES: jax.Array, cache_v_BKSE: jax.Array,
+                     mask_BTS: jax.Array) -> jax.Array:
+    """Attention of new queries over the KV cache (inference only): out_BTHE."""
+    B, T, H, E = q_BTHE.shape
+    K = cache_v_BKSE.shape[1]
+    q_BKGTE = jnp.transpose((q_BTHE * jnp.asarray(E**-0.5, q_BTHE.dtype)).reshape(
+        B, T, K, H // K, E), (0, 2, 3, 1, 4))
+    scores_BKGTS = jnp.einsum("bkgte,bkes->bkgts", q_BKGTE, cache_k_BKES.astype(q_BTHE.dtype),
+                              preferred_element_type=jnp.float32)
+    bias_BTS = jnp.where(mask_BTS, 0.0, -1e30).astype(jnp.float32)
+    out_BKGTE, _ = _softmax_values(scores_BKGTS + bias_BTS[:, None, None],
+                                   cache_v_BKSE.astype(q_BTHE.dtype), q_BTHE.dtype)
+    return jnp.transpose(out_BKGTE, (0, 3, 1, 2, 4)).reshape(B, T, H, E)

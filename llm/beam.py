@@ -38,6 +38,7 @@ def _beam_search(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
                  length_penalty: jax.Array, *, beam_width: int, max_len: int,
                  num_slots: int) -> tuple[jax.Array, ...]:
     model = nnx.merge(graphdef, params)
+    model.unstack_layers()  # slice stacked weights once, not on every step
     cfg = model.cfg
     B, W, V, N = prompt_BP.shape[0], beam_width, cfg.padded_vocab, num_slots
     real_V = jnp.arange(V) < cfg.vocab_size
@@ -47,7 +48,7 @@ def _beam_search(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
 
     logits_BV, cache = sampling.prompt_logits(
         model, prompt_BP, prompt_lengths_B, model_lib.init_cache(cfg, B, max_len))
-    cache = jax.tree.map(lambda x: jnp.repeat(x, W, axis=x.ndim - 4), cache)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, W, axis=0), cache)
     logp_BWV = jnp.repeat(log_probs(logits_BV)[:, None], W, axis=1)
     lengths_BW = jnp.repeat(prompt_lengths_B[:, None], W, axis=1)
     # Only beam 0 is live at first, so the W beams start distinct.
@@ -84,7 +85,7 @@ def _beam_search(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
         eos_BW = eos_BW | hit_eos_BW
         done_BW = was_done_BW | hit_eos_BW | (n_BW >= max_new)
         flat_parent = (rows_B1 * W + parent_BW).reshape(B * W)
-        cache = jax.tree.map(lambda x: jnp.take(x, flat_parent, axis=x.ndim - 4), cache)
+        cache = jax.tree.map(lambda x: jnp.take(x, flat_parent, axis=0), cache)
         positions = (lengths_BW + n_BW - 1).reshape(B * W, 1)
         logits_X1V, cache = model(token_BW.reshape(B * W, 1), positions, cache=cache)
         logp_BWV = log_probs(logits_X1V[:, 0]).reshape(B, W, V)

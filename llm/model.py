@@ -247,15 +247,14 @@ class Attention(nnx.Module):
             k_BTKE = apply_rope(k_BTKE, positions_BT, inv_freq)
 
         if cache is not None:
-            k_all, v_all = attn_lib.update_cache(cache["k"], cache["v"], k_BTKE, v_BTKE,
-                                                 positions_BT)
-            cache = {"k": k_all, "v": v_all}
-            S = k_all.shape[1]
+            k_BKES, v_BKSE = attn_lib.update_cache(cache["k"], cache["v"], k_BTKE, v_BTKE,
+                                                   positions_BT)
+            cache = {"k": k_BKES, "v": v_BKSE}
+            S = v_BKSE.shape[2]
             kv_positions_BS = jnp.broadcast_to(jnp.arange(S)[None], (B, S))
             mask_BTS = attn_lib.visibility_mask(positions_BT, kv_positions_BS, None, None,
                                                 cfg.sliding_window or None)
-            out_BTHE = attn_lib.xla_attention(q_BTHE, k_all.astype(q_BTHE.dtype),
-                                                 v_all.astype(q_BTHE.dtype), mask_BTS)
+            out_BTHE = attn_lib.cached_attention(q_BTHE, k_BKES, v_BKSE, mask_BTS)
         elif cfg.attention == "cudnn":
             out_BTHE = attn_lib.cudnn_attention(q_BTHE, k_BTKE, v_BTKE,
                                                 segments_given=segments_BT is not None)
@@ -389,31 +388,55 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         policy = REMAT_POLICIES[cfg.remat]
 
-        def apply_block(block, x, layer_cache, rng):
-            return block(x, positions_BT, segments_BT, layer_cache, rng)
+        def apply_block(block, x, rng):
+            return block(x, positions_BT, segments_BT, None, rng)[0]
 
         if policy is not None:
             kwargs = {} if policy == "full" else {"policy": policy}
             apply_block = nnx.remat(apply_block, **kwargs)
 
+        if cache is not None:
+            # Cached passes (prefill, decode) unroll the layers even when they are stored
+            # stacked: under scan, XLA copies every layer's weights and cache out of the
+            # stacked arrays on each decode step, which costs more than the step's matmuls.
+            new_cache = []
+            for i, block in enumerate(self._blocks()):
+                x_BTD, layer_cache = block(x_BTD, positions_BT, segments_BT, cache[i], None)
+                new_cache.append(layer_cache)
+            return x_BTD, new_cache
+
         if not cfg.scan_layers:
-            new_cache = [] if cache is not None else None
             for i, block in enumerate(self.layers):
                 rng = None if layer_rngs is None else layer_rngs[i]
-                x_BTD, c = apply_block(block, x_BTD, None if cache is None else cache[i], rng)
-                if cache is not None:
-                    new_cache.append(c)
-            return x_BTD, new_cache
+                x_BTD = apply_block(block, x_BTD, rng)
+            return x_BTD, None
 
         graphdef, stacked = nnx.split(self.layers)
 
         def body(x, xs):
-            layer_state, layer_cache, rng = xs
-            x, layer_cache = apply_block(nnx.merge(graphdef, layer_state), x, layer_cache, rng)
-            return x, layer_cache
+            layer_state, rng = xs
+            return apply_block(nnx.merge(graphdef, layer_state), x, rng), None
 
-        x_BTD, cache = jax.lax.scan(body, x_BTD, (stacked, cache, layer_rngs))
-        return x_BTD, cache
+        x_BTD, _ = jax.lax.scan(body, x_BTD, (stacked, layer_rngs))
+        return x_BTD, None
+
+    def _blocks(self) -> list[Block]:
+        """The layers as separate blocks (static slices of the stacked weights under scan)."""
+        if not self.cfg.scan_layers:
+            return list(self.layers)
+        graphdef, stacked = nnx.split(self.layers)
+        return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], stacked))
+                for i in range(self.cfg.n_layers)]
+
+    def unstack_layers(self) -> None:
+        """Hold the layers as separate blocks from now on (in place; same forward code).
+
+        Inside a jitted decode loop this slices the stacked weights once, before the loop,
+        instead of on every step; the slices cost one extra copy of the layer weights.
+        """
+        if self.cfg.scan_layers:
+            self.layers = nnx.List(self._blocks())
+            self.cfg = dataclasses.replace(self.cfg, scan_layers=False)
 
     def logits(self, h_BTD: jax.Array) -> jax.Array:
         """LM head (tied or untied) in float32, padded vocabulary entries masked out."""
@@ -436,14 +459,12 @@ class Transformer(nnx.Module):
         return self.score_head(h_BTD)[..., 0].astype(jnp.float32)
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Any:
-    """Zeroed KV cache: per layer {'k','v'} of shape [B, S, K, E] (stacked under scan)."""
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> list[dict]:
+    """Zeroed KV cache, one dict per layer (scan or not): keys transposed, 'k' [B, K, E, S],
+    and 'v' [B, K, S, E] (the layouts `attention.cached_attention` reads directly)."""
     dtype = dtype or cfg.compute_dtype
-    shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
-    if cfg.scan_layers:
-        stacked = (cfg.n_layers, *shape)
-        return {"k": jnp.zeros(stacked, dtype), "v": jnp.zeros(stacked, dtype)}
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    B, K, E, S = batch, cfg.n_kv_heads, cfg.head_dim, max_len
+    return [{"k": jnp.zeros((B, K, E, S), dtype), "v": jnp.zeros((B, K, S, E), dtype)}
             for _ in range(cfg.n_layers)]
 
 

@@ -79,14 +79,14 @@ def bucket_length(n: int) -> int:
     return -(-n // 64) * 64
 
 
-def _cache_spec(mesh: jax.sharding.Mesh, cfg: model_lib.ModelConfig, ndim: int,
-                batch: int) -> PartitionSpec:
-    """Cache [(L,) B, S, K, E]: batch over data/fsdp, kv heads over tensor (when they divide)."""
+def _cache_spec(mesh: jax.sharding.Mesh, cfg: model_lib.ModelConfig, batch: int
+                ) -> PartitionSpec:
+    """Per-layer cache [B, K, ., .]: batch over data/fsdp, kv heads over tensor (when they
+    divide)."""
     batch_axes = sharding_lib.BATCH_AXES if batch % sharding_lib.batch_divisor(mesh) == 0 \
         else None
     kv_axis = "tensor" if cfg.n_kv_heads % mesh.shape["tensor"] == 0 else None
-    spec = (batch_axes, None, kv_axis, None)
-    return PartitionSpec(*((None,) * (ndim - 4) + spec))
+    return PartitionSpec(batch_axes, kv_axis, None, None)
 
 
 def _constrain_cache(cache: Any, cfg: model_lib.ModelConfig, mesh: jax.sharding.Mesh | None
@@ -94,7 +94,7 @@ def _constrain_cache(cache: Any, cfg: model_lib.ModelConfig, mesh: jax.sharding.
     if mesh is None:
         return cache
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
-        x, NamedSharding(mesh, _cache_spec(mesh, cfg, x.ndim, x.shape[-4]))), cache)
+        x, NamedSharding(mesh, _cache_spec(mesh, cfg, x.shape[0]))), cache)
 
 
 def _record(state: DecodeState, tokens_B: jax.Array, logprobs_B: jax.Array,
@@ -183,6 +183,9 @@ def _decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, max_steps: 
             *, max_len: int, mesh: jax.sharding.Mesh | None) -> DecodeState:
     model = nnx.merge(graphdef, params)
     cfg = model.cfg
+    # Loop-invariant per-layer weights: XLA:CPU would otherwise copy each layer's slice of
+    # the scan-stacked weights on every step (costing more than the step's matmuls).
+    model.unstack_layers()
 
     def cond(carry):
         state, steps = carry

@@ -155,8 +155,11 @@ def _cutoff_key_B(logits_BV: jax.Array, top_k_B: jax.Array, top_p_B: jax.Array
     B = logits_BV.shape[0]
     keys_BV = _ordered_keys(logits_BV)
     count = lambda k_B1: jnp.sum(keys_BV >= k_B1, axis=-1)
-    k_cut_B = _largest_key_B(lambda k_B1: count(k_B1) >= jnp.maximum(top_k_B, 1), B)
-    k_cut_B = jnp.where(top_k_B > 0, k_cut_B, 0)
+    k_cut_B = jax.lax.cond(
+        jnp.any(top_k_B > 0),
+        lambda: jnp.where(top_k_B > 0, _largest_key_B(
+            lambda k_B1: count(k_B1) >= jnp.maximum(top_k_B, 1), B), 0),
+        lambda: jnp.zeros((B,), jnp.uint32))
     probs_BV = jax.nn.softmax(jnp.where(keys_BV >= k_cut_B[:, None], logits_BV, NEG_INF), -1)
     mass = lambda k_B1: jnp.sum(jnp.where(keys_BV >= k_B1, probs_BV, 0.0), axis=-1)
     p_cut_B = _largest_key_B(lambda k_B1: mass(k_B1) >= top_p_B, B)
@@ -186,6 +189,14 @@ def filter_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
     return jnp.where(logits_BV >= cut_B1, logits_BV, NEG_INF)
 
 
+def argmax(x_BV: jax.Array) -> jax.Array:
+    """Index of each row's first maximum, as jnp.argmax (two plain reductions, which
+    XLA:CPU vectorises, instead of one variadic (value, index) reduction)."""
+    is_max_BV = x_BV == jnp.max(x_BV, axis=-1, keepdims=True)
+    V = x_BV.shape[-1]
+    return jnp.min(jnp.where(is_max_BV, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+
+
 def row_keys(seed_B: jax.Array, step_B: jax.Array) -> jax.Array:
     """One PRNG key per row from (seed, step): reproducible per row, whatever the batch."""
     return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seed_B, step_B)
@@ -206,9 +217,9 @@ def choose_tokens(logits_BV: jax.Array, params: SamplingParams, keys_B: jax.Arra
     penalised_BV = suppress_tokens(penalised_BV, eos_stop_ids, n_new_B < params.min_new_tokens)
     filtered_BV = filter_logits(penalised_BV, params)
     gumbel_BV = jax.vmap(lambda k: jax.random.gumbel(k, logits_BV.shape[-1:]))(keys_B)
-    sampled_B = jnp.argmax(filtered_BV + gumbel_BV, axis=-1)
+    sampled_B = argmax(filtered_BV + gumbel_BV)
     greedy_B = params.temperature <= 0
-    tokens_B = jnp.where(greedy_B, jnp.argmax(penalised_BV, axis=-1), sampled_B)
+    tokens_B = jnp.where(greedy_B, argmax(penalised_BV), sampled_B)
     tokens_B = tokens_B.astype(jnp.int32)
     sampling_logprobs_BV = jax.nn.log_softmax(filtered_BV, axis=-1)
     pick = lambda x_BV: jnp.take_along_axis(x_BV, tokens_B[:, None], axis=-1)[:, 0]
