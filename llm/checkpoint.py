@@ -205,7 +205,8 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
     if init_from.startswith("hf:"):
         from llm import hf
 
-        model_cfg, graphdef, params, tokenizer_dir = hf.import_hf(init_from[3:], mesh=mesh)
+        model_cfg, graphdef, params, tokenizer_dir = hf.import_hf(init_from[3:], mesh=mesh,
+                                                                  rules=rules)
         return LoadedModel(model_cfg, graphdef, params, tokenizer_dir)
     step_dir = resolve_step_dir(init_from)
     config_file = step_dir / "config" / "metadata"

@@ -1,10 +1,13 @@
 """Hugging Face safetensors import / export for `llm.model.Transformer`.
 
 Import is streaming: the model is traced abstractly (`nnx.eval_shape`), every parameter gets
-its NamedSharding from its logical axes, and each device's slice is read straight from the
-safetensors file (`safe_open(...).get_slice`), so a host only ever reads the slices its own
-devices hold. Scan-stacked layers are filled one layer at a time into a donated, already
-sharded buffer. Peak host memory stays about one tensor above the final arrays.
+its NamedSharding from its logical axes, and each distinct device shard is read once, with
+positioned reads at the offsets in the safetensors header, so a host only ever reads the
+slices its own devices hold. The reads go a chunk of rows at a time, converted and transposed
+on the way, straight into the host buffer that becomes the device array (XLA:CPU adopts it
+without a copy; other backends copy it before the next shard is read). Scan-stacked layers
+fill their slots of that buffer one layer at a time. Beyond the final arrays, host memory
+holds one chunk (about a MiB) on CPU and one shard elsewhere.
 
 Export writes one tensor at a time into safetensors shards (+ `model.safetensors.index.json`),
 with config.json, generation_config.json and the tokenizer files, padded vocabulary rows
@@ -13,8 +16,11 @@ stripped. The name mapping (`llm.hf_config.source`) serves both directions.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import math
+import mmap
 import os
 import shutil
 import struct
@@ -22,11 +28,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
 
 from llm import sharding as sharding_lib
 from llm.hf_config import (
@@ -53,8 +57,45 @@ SAFETENSORS_DTYPES = {"float32": ("F32", np.float32), "bfloat16": ("BF16", ml_dt
 # Buffers some checkpoints carry that the model recomputes.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias")
 
+# Safetensors dtype codes the reader converts from.
+_FILE_DTYPES = {"F64": np.float64, "F32": np.float32, "BF16": ml_dtypes.bfloat16,
+                "F16": np.float16}
+_CHUNK_BYTES = 1 << 20  # bytes per read: amortises the call, stays cache-sized
+# Rows per transposing copy: a 16-row strip keeps its source lines in L1 while numpy writes
+# the transposed columns (about 5x the throughput of one whole-tensor strided copy).
+_STRIP = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    """Where one tensor's bytes lie: its file, safetensors dtype code, shape, byte range."""
+
+    file: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def _header(path: str) -> dict[str, _Tensor]:
+    """The tensors of one safetensors file, from its header (u64 length, then JSON)."""
+    with open(path, "rb") as f:
+        try:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > os.path.getsize(path) - 8:
+                raise ValueError(f"header length {size} runs past the end of the file")
+            header = json.loads(f.read(size))
+            header.pop("__metadata__", None)
+            return {name: _Tensor(path, entry["dtype"], tuple(entry["shape"]),
+                                  8 + size + entry["data_offsets"][0],
+                                  entry["data_offsets"][1] - entry["data_offsets"][0])
+                    for name, entry in header.items()}
+        except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise HFError(f"{path}: not a safetensors file ({type(e).__name__}: {e})") from e
+
+
 class _Checkpoint:
-    """Tensor names -> safetensors files of one HF directory; reads slices on demand."""
+    """Tensor names -> where their bytes lie in the safetensors files of one HF directory."""
 
     def __init__(self, hf_dir: str):
         self.hf_dir = hf_dir
@@ -64,7 +105,7 @@ class _Checkpoint:
             with open(index_path) as f:
                 weight_map = json.load(f)["weight_map"]
         elif os.path.isfile(single):
-            weight_map = {name: "model.safetensors" for name in self._keys(single)}
+            weight_map = dict.fromkeys(_header(single), "model.safetensors")
         else:
             raise HFError(f"{hf_dir}: neither model.safetensors nor "
                           "model.safetensors.index.json")
@@ -73,68 +114,107 @@ class _Checkpoint:
                 raise HFError(f"{hf_dir}: shard {file!r} listed in the index (for tensor "
                               f"{name!r}) is missing")
         self.files = {name: os.path.join(hf_dir, file) for name, file in weight_map.items()}
-        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.tensors: dict[str, _Tensor] = {}
         for file in sorted(set(self.files.values())):
-            with safe_open(file, "np") as f:
-                for name in f.keys():
-                    self.shapes[name] = tuple(f.get_slice(name).get_shape())
+            self.tensors.update(_header(file))
         for name in self.files:
-            if name not in self.shapes:
+            if name not in self.tensors:
                 raise HFError(f"{self.files[name]}: tensor {name!r} listed in the index is "
                               "not in the file")
-
-    @staticmethod
-    def _keys(file: str) -> list[str]:
-        with safe_open(file, "np") as f:
-            return list(f.keys())
-
-    def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
-        """One slice of one tensor; the file is opened per read so its pages are released."""
-        with safe_open(self.files[name], "np") as f:
-            return f.get_slice(name)[index]
 
 
 def _bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> list[tuple[int, int]]:
     return [s.indices(n)[:2] for s, n in zip(index, shape, strict=True)]
 
 
-def _read_slice(ckpt: _Checkpoint, src: Source, layer: int | None, shape: tuple[int, ...],
-                index: tuple[slice, ...], dtype: Any) -> np.ndarray:
-    """Our slice `index` of a per-layer parameter of `shape`, read from its HF tensor."""
-    name = src.name.format(i=layer)
-    bounds = _bounds(index, shape)
-    out_shape = tuple(b - a for a, b in bounds)
-    want = list(bounds)
-    if src.pad_axis is not None:  # rows beyond the HF vocabulary stay zero
-        hf_vocab = ckpt.shapes[name][0]
+def _bits(x: np.ndarray) -> np.ndarray:
+    """The same memory as unsigned integers: numpy copies bfloat16 element by element."""
+    return x.view(np.dtype(f"u{x.dtype.itemsize}"))
+
+
+def _read_into(f: Any, offset: int, out: np.ndarray) -> None:
+    """Fill the contiguous `out` with the file's bytes from `offset` (reads may come short)."""
+    assert out.flags.c_contiguous
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    f.seek(offset)
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise HFError(f"{f.name}: file ends at byte {offset + done} (truncated?)")
+        done += n
+
+
+def _read_rows(f: Any, tensor: _Tensor, rows: tuple[int, int], cols: tuple[int, int],
+               out: np.ndarray) -> None:
+    """tensor[rows, cols] (a vector is one row) into `out`: one read when rows are whole."""
+    itemsize = np.dtype(_FILE_DTYPES[tensor.dtype]).itemsize
+    row_bytes = tensor.shape[-1] * itemsize
+    if cols == (0, tensor.shape[-1]):
+        _read_into(f, tensor.offset + rows[0] * row_bytes, out)
+        return
+    for k, row in enumerate(range(*rows)):  # a column shard: each row's run on its own
+        _read_into(f, tensor.offset + row * row_bytes + cols[0] * itemsize, out[k])
+
+
+def _fill(ckpt: _Checkpoint, src: Source, layer: int | None, shape: tuple[int, ...],
+          index: tuple[slice, ...], out: np.ndarray) -> None:
+    """Write our slice `index` of a per-layer parameter of `shape` into `out`, from the file.
+
+    Reads go chunk by chunk straight into `out` (converted and transposed on the way), so
+    the only other memory is one chunk.
+    """
+    tensor = ckpt.tensors[src.name.format(i=layer)]
+    want = _bounds(index, shape)
+    if src.pad_axis is not None:  # rows beyond the HF vocabulary are zero
         a, b = want[src.pad_axis]
-        want[src.pad_axis] = (min(a, hf_vocab), min(b, hf_vocab))
+        keep = max(0, min(b, tensor.shape[0]) - a)
+        part = [slice(None)] * out.ndim
+        part[src.pad_axis] = slice(keep, None)
+        out[tuple(part)] = 0
+        part[src.pad_axis] = slice(0, keep)
+        out = out[tuple(part)]
+        want[src.pad_axis] = (a, a + keep)
     if src.columns is not None:
         a, b = want[-1]
         want[-1] = (a + src.columns[0], b + src.columns[0])
-    hf_index = tuple(slice(a, b) for a, b in (want[::-1] if src.transpose else want))
-    data = ckpt.read(name, hf_index)
-    if src.transpose:
-        data = _transpose(data)
-    data = data.astype(dtype, copy=False)
-    if data.shape == out_shape:
-        return data
-    out = np.zeros(out_shape, dtype)  # vocabulary padding: zero rows
-    out[tuple(slice(0, n) for n in data.shape)] = data
-    return out
+    if src.transpose:  # torch Linear [out, in]: walk the file's rows, write our columns
+        want, out = want[::-1], out.T
+    if len(want) == 1:
+        want, out = [(0, 1), *want], out[None]
+    (r0, r1), (c0, c1) = want
+    if out.size == 0:
+        return
+    file_dtype = np.dtype(_FILE_DTYPES[tensor.dtype])
+    direct = file_dtype == out.dtype and out.flags.c_contiguous
+    step = max(1, _CHUNK_BYTES // ((c1 - c0) * file_dtype.itemsize))
+    raw = None if direct else np.empty((min(step, r1 - r0), c1 - c0), file_dtype)
+    converted = None if direct or file_dtype == out.dtype else np.empty(raw.shape, out.dtype)
+    with open(tensor.file, "rb", buffering=0) as f:
+        for start in range(r0, r1, step):
+            stop = min(start + step, r1)
+            dst = out[start - r0:stop - r0]
+            if direct:  # same dtype, our rows contiguous: the read lands in place
+                _read_rows(f, tensor, (start, stop), (c0, c1), dst)
+                continue
+            chunk = raw[:stop - start]
+            _read_rows(f, tensor, (start, stop), (c0, c1), chunk)
+            if converted is not None:
+                np.copyto(converted[:stop - start], chunk, casting="unsafe")
+                chunk = converted[:stop - start]
+            if src.transpose:
+                for k in range(0, stop - start, _STRIP):
+                    _bits(dst[k:k + _STRIP])[...] = _bits(chunk[k:k + _STRIP])
+            else:
+                np.copyto(dst, chunk, casting="unsafe")
 
 
-def _transpose(x: np.ndarray, block: int = 128) -> np.ndarray:
-    """A contiguous 2-D transpose, tile by tile (cache-friendly; ~2x numpy's strided copy).
-
-    Works on an integer view of the same width: numpy copies bfloat16 element by element.
-    """
-    bits = x.view(np.dtype(f"u{x.dtype.itemsize}"))
-    out = np.empty(x.shape[::-1], bits.dtype)
-    for i in range(0, x.shape[0], block):
-        for j in range(0, x.shape[1], block):
-            out[j:j + block, i:i + block] = bits[i:i + block, j:j + block].T
-    return out.view(x.dtype)
+def _fill_layers(ckpt: _Checkpoint, src: Source, shape: tuple[int, ...],
+                 index: tuple[slice, ...], out: np.ndarray) -> None:
+    """`_fill` for a scan-stacked parameter: each layer of the shard fills its own slot."""
+    start = index[0].start or 0
+    for k in range(out.shape[0]):
+        _fill(ckpt, src, start + k, shape, index[1:], out[k])
 
 
 def _expected_hf_shape(src: Source, shape: tuple[int, ...], vocab: int) -> tuple[int, ...]:
@@ -147,46 +227,62 @@ def _expected_hf_shape(src: Source, shape: tuple[int, ...], vocab: int) -> tuple
     return tuple(hf[::-1] if src.transpose else hf)
 
 
-def _check_shape(ckpt: _Checkpoint, src: Source, name: str, shape: tuple[int, ...],
-                 vocab: int) -> None:
-    if name not in ckpt.shapes:
+def _check_tensor(ckpt: _Checkpoint, src: Source, name: str, shape: tuple[int, ...],
+                  vocab: int) -> None:
+    """HFError unless tensor `name` exists with a readable dtype and the expected shape."""
+    if name not in ckpt.tensors:
         raise HFError(f"{ckpt.hf_dir}: missing tensor {name!r}")
-    found = ckpt.shapes[name]
+    tensor = ckpt.tensors[name]
+    if tensor.dtype not in _FILE_DTYPES:
+        raise HFError(f"{tensor.file}: tensor {name!r} has dtype {tensor.dtype}, expected one "
+                      f"of {sorted(_FILE_DTYPES)}")
+    found = tensor.shape
     want = _expected_hf_shape(src, shape, vocab)
     ok = len(found) == len(want) and all(w is None or w == n for w, n in zip(want, found,
                                                                          strict=False))
     if src.columns is not None and ok:
         ok = found[-1] >= src.columns[1]
     if not ok:
-        raise HFError(f"{ckpt.files[name]}: tensor {name!r} has shape {list(found)}, "
+        raise HFError(f"{tensor.file}: tensor {name!r} has shape {list(found)}, "
                       f"expected {[('?' if w is None else w) for w in want]}")
+    if tensor.nbytes != math.prod(found) * np.dtype(_FILE_DTYPES[tensor.dtype]).itemsize:
+        raise HFError(f"{tensor.file}: tensor {name!r} holds {tensor.nbytes} bytes, not what "
+                      f"shape {list(found)} in {tensor.dtype} needs")
 
 
-def _place(shape: tuple[int, ...], sharding: jax.sharding.Sharding,
-           read: Callable[[tuple[slice, ...]], np.ndarray]) -> jax.Array:
-    """A global array whose local shards are read one at a time (replicas read once)."""
+def _host_buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised host array on fresh pages, which XLA:CPU adopts without a copy.
+
+    Anonymous memory mapped with MAP_POPULATE (Linux): the kernel faults it in in one go,
+    and numpy's transparent-huge-page advice for large arrays, which stalled the 1b float32
+    import for seconds in memory compaction, is never given. A mapping is page-aligned,
+    beyond the 64 bytes XLA needs to adopt a buffer.
+    """
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    pages = mmap.mmap(-1, max(nbytes, 1), flags=flags)
+    return np.frombuffer(pages, np.uint8, count=nbytes).view(dtype).reshape(shape)
+
+
+def _place(shape: tuple[int, ...], dtype: Any, sharding: jax.sharding.Sharding,
+           fill: Callable[[tuple[slice, ...], np.ndarray], None]) -> jax.Array:
+    """A global array whose local shards are filled one at a time (replicas filled once).
+
+    On CPU the aligned host buffer becomes the device buffer (no copy); elsewhere the copy
+    finishes before the next shard is read, so the host holds one shard at a time.
+    """
     by_key: dict[tuple, list[tuple[jax.Device, tuple[slice, ...]]]] = {}
     for device, index in sharding.addressable_devices_indices_map(shape).items():
         by_key.setdefault(tuple(_bounds(index, shape)), []).append((device, index))
     arrays = []
-    for pairs in by_key.values():
-        host = read(pairs[0][1])
-        arrays.extend(jax.device_put(host, device) for device, _ in pairs)
+    for bounds, pairs in by_key.items():
+        host = _host_buffer(tuple(b - a for a, b in bounds), dtype)
+        fill(pairs[0][1], host)
+        placed = [jax.device_put(host, device) for device, _ in pairs]
+        jax.block_until_ready(placed)
+        arrays.extend(placed)
         del host
     return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
-
-
-@functools.cache
-def _stack_fns(shape: tuple[int, ...], dtype: Any, sharding: jax.sharding.Sharding):
-    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
-    put = jax.jit(lambda stacked, layer, i: jax.lax.dynamic_update_index_in_dim(
-        stacked, layer, i, 0), donate_argnums=0, out_shardings=sharding)
-    return zeros, put
-
-
-def _layer_sharding(sharding: jax.sharding.NamedSharding) -> jax.sharding.NamedSharding:
-    spec = tuple(sharding.spec) + (None,) * 8
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec[1:]))
 
 
 def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | None = None,
@@ -202,9 +298,9 @@ def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | N
     arch = architecture(values, config_path)
     ckpt = _Checkpoint(hf_dir)
     prefix = ""
-    if arch in GPT2_ARCHITECTURES and any(n.startswith("transformer.") for n in ckpt.shapes):
+    if arch in GPT2_ARCHITECTURES and any(n.startswith("transformer.") for n in ckpt.tensors):
         prefix = "transformer."
-    has_head = "lm_head.weight" in ckpt.shapes
+    has_head = "lm_head.weight" in ckpt.tensors
     tied = values.get("tie_word_embeddings")
     tied = (not has_head) if tied is None else bool(tied)
     cfg = model_config_from_hf(values, config_path, tied, dtype or "float32", scan_layers)
@@ -226,10 +322,10 @@ def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | N
         layers = range(cfg.n_layers) if stacked else [layer]
         for i in layers:
             name = src.name.format(i=i)
-            _check_shape(ckpt, src, name, per_layer_shape, cfg.vocab_size)
+            _check_tensor(ckpt, src, name, per_layer_shape, cfg.vocab_size)
             used.add(name)
         plan.append((path, var, src, stacked, per_layer_shape, layer))
-    unused = sorted(n for n in ckpt.shapes if n not in used and not n.endswith(
+    unused = sorted(n for n in ckpt.tensors if n not in used and not n.endswith(
         _IGNORED_SUFFIXES) and not (n == "lm_head.weight" and cfg.tie_embeddings))
     if unused:
         raise HFError(f"{hf_dir}: tensors {unused[:5]} have no place in the model "
@@ -238,23 +334,10 @@ def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | N
     np_dtype = np.dtype(cfg.weight_dtype)
     values_out = {}
     for path, var, src, stacked, per_layer_shape, layer in plan:
-        target = flat_shardings[path].get_value()
-
-        def read(index, i=layer, src=src, shp=per_layer_shape):
-            return _read_slice(ckpt, src, i, shp, index, np_dtype)
-
-        if stacked:
-            zeros, put = _stack_fns(tuple(var.shape), np_dtype, target)
-            array = zeros()
-            layer_target = _layer_sharding(target)
-            for i in range(cfg.n_layers):
-                piece = _place(per_layer_shape, layer_target,
-                               functools.partial(read, i=i))
-                array = put(array, piece, i)
-                del piece
-        else:
-            array = _place(per_layer_shape, target, read)
-        values_out[path] = array
+        fill = (functools.partial(_fill_layers, ckpt, src, per_layer_shape) if stacked
+                else functools.partial(_fill, ckpt, src, layer, per_layer_shape))
+        values_out[path] = _place(tuple(var.shape), np_dtype,
+                                  flat_shardings[path].get_value(), fill)
     params = nnx.from_flat_state(
         [(path, var.replace(values_out[path])) for path, var in flat])
     tokenizer_dir = hf_dir if any(os.path.isfile(os.path.join(hf_dir, n)) for n in (

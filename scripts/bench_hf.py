@@ -4,9 +4,9 @@
 
 Writes random 1b weights in bfloat16 with our own export (once; reused when present), then
 imports them in a fresh process per dtype. Transient memory = peak RSS during the import minus
-the RSS before it minus the bytes of the final arrays; streaming keeps it about one tensor.
-The peer (`--peer`) is transformers' `from_pretrained` on the same directory, measured the
-same way. Last line: one JSON object.
+the RSS before it minus the bytes of the final arrays; streaming keeps it to about one read
+chunk. The peer (`--peer`) is transformers' `from_pretrained` on the same directory, measured
+the same way. Last line: one JSON object.
 """
 
 from __future__ import annotations

@@ -82,11 +82,60 @@ def test_5x_only_layout_reads_the_same(hf_dir):
     assert hf.import_hf(hf_dir)[0] == CFG
 
 
-def test_dtype_and_unscanned_layers(hf_dir):
+def imported_values(params) -> dict:
+    """{path: host array} of an nnx.State, the unscanned layer index folded into a stack."""
+    flat: dict = {}
+    for key, value in nnx.to_flat_state(params):
+        if key[0] == "layers" and isinstance(key[1], int):
+            flat.setdefault(("layers", *key[2:]), []).append(np.asarray(value[...]))
+        else:
+            flat[key] = np.asarray(value[...])
+    return {k: np.stack(v) if isinstance(v, list) else v for k, v in flat.items()}
+
+
+def test_dtype_and_unscanned_layers(exported, hf_dir):
     cfg, _, params, _ = hf.import_hf(hf_dir, dtype="bfloat16", scan_layers=False)
     assert cfg.param_dtype == "bfloat16" and not cfg.scan_layers
     q = dict(nnx.to_flat_state(params))[("layers", 1, "attn", "q_proj", "kernel")][...]
     assert q.dtype == np.dtype("bfloat16") and q.shape == (64, 64)
+    reference = imported_values(hf.import_hf(hf_dir)[2])  # float32, as in the file
+    for key, value in imported_values(params).items():  # float32 -> bfloat16 rounds once
+        np.testing.assert_array_equal(value, reference[key].astype(value.dtype), str(key))
+
+
+def test_bfloat16_file_imports_as_float32_exactly_on_a_mesh(exported, tmp_path):
+    from llm import sharding
+
+    path, params = exported
+    hf.export_hf(CFG, params, str(tmp_path), dtype="bfloat16", shard_size_bytes=40_000)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})  # row and column shards
+    _, _, params2, _ = hf.import_hf(str(tmp_path), mesh=mesh, dtype="float32")
+    reference = imported_values(hf.import_hf(path)[2])
+    for key, value in imported_values(params2).items():
+        assert value.dtype == np.float32
+        expected = reference[key].astype("bfloat16").astype(np.float32)
+        np.testing.assert_array_equal(value, expected, str(key))
+
+
+def test_damaged_safetensors_files_name_the_file(hf_dir):
+    name = "model.layers.1.mlp.down_proj.weight"
+    shard = shard_of(hf_dir, name)
+    original = open(shard, "rb").read()
+    with open(shard, "wb") as f:  # cut inside the tensor data
+        f.write(original[:len(original) - 100])
+    with pytest.raises(hf.HFError, match=f"{os.path.basename(shard)}: file ends at byte"):
+        hf.import_hf(hf_dir)
+    with open(shard, "wb") as f:
+        f.write(b"\xff" * 64)
+    with pytest.raises(hf.HFError, match=f"{os.path.basename(shard)}: not a safetensors"):
+        hf.import_hf(hf_dir)
+    with open(shard, "wb") as f:
+        f.write(original)
+    tensors = load_file(shard)
+    tensors[name] = tensors[name].astype(np.int32)
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(hf.HFError, match=f"{name}' has dtype I32"):
+        hf.import_hf(hf_dir)
 
 
 def test_missing_shard_names_the_file(hf_dir):
