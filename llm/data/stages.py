@@ -162,13 +162,11 @@ def _verify(c, out, num_shards, order, sig, pairs) -> np.ndarray:
         for row in iter_spill(out, k):
             if row["o"] in need:
                 texts[row["o"]] = content_key(row["kind"], row["fields"])
-    keys = sorted(texts)
-    hashes, doc = dedup.shingle_hashes([texts[o] for o in keys], c.dedup.ngram,
+    keys = np.array(sorted(texts), np.int64)
+    hashes, doc = dedup.shingle_hashes([texts[o] for o in keys.tolist()], c.dedup.ngram,
                                        c.dedup.ngram_unit)
-    sets = np.split(hashes, np.searchsorted(doc, np.arange(1, len(keys))))
-    where = {o: sets[i] for i, o in enumerate(keys)}
-    return np.array([dedup.true_jaccard(where[order[a]], where[order[b]]) >= c.dedup.threshold
-                     for a, b in pairs], dtype=bool)
+    local = np.searchsorted(keys, order[pairs])  # pair members as indices into keys
+    return dedup.pair_jaccard(hashes, doc, local) >= c.dedup.threshold
 
 
 def held_out_ngrams(cfg: dict, out: str, shard: int, dropped: dict) -> np.ndarray:

@@ -67,6 +67,45 @@ def test_shingle_hash_jaccard_matches_strings():
         assert dedup.true_jaccard(hashes[doc == a], hashes[doc == b]) == pytest.approx(j)
 
 
+def _awkward_texts():
+    """Empty, blank, shorter-than-n, non-ASCII, mixed-case and every kind of whitespace."""
+    rng = random.Random(3)
+    alphabet = list("abcXYZ  \t\n\r\x0b\x0c\u00e9\u00fc\u20ac\u65e5\u672c") + ["word", "\u01c4"]
+    return ["", " ", "a", "one two", "\n\n", "x y z w v u t s", "Caf\u00e9 CAF\u00c9 caf\u00e9"] + [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300))) for _ in range(200)]
+
+
+@pytest.mark.parametrize("unit", ["word", "char"])
+def test_compiled_and_numpy_hashes_are_identical(unit):
+    pytest.importorskip("numba")
+    texts, _ = _planted(n_docs=30, n_dups=10)
+    texts += _awkward_texts()
+    for ngram in (1, 2, 5, 13):
+        fast = dedup.shingle_hashes(texts, ngram, unit)
+        ref = dedup._shingle_hashes_numpy(texts, ngram, unit)
+        assert all(np.array_equal(a, b) for a, b in zip(fast, ref, strict=True))
+        for num_perm in (1, 7, 128):
+            sig = dedup.signatures(texts, num_perm, ngram, unit)
+            assert sig.dtype == np.uint32
+            assert np.array_equal(sig, dedup._signatures_numpy(texts, num_perm, ngram, unit))
+    assert (dedup.signatures([""], 16, 5) == dedup._EMPTY).all()
+
+
+def test_pair_jaccard_matches_true_jaccard(monkeypatch):
+    texts, planted = _planted(n_docs=40, n_dups=30, seed=4)
+    texts += ["", "", "short"]
+    hashes, doc = dedup.shingle_hashes(texts, 5)
+    rng = np.random.default_rng(0)
+    pairs = np.concatenate([np.array([(a, b) for a, b, _ in planted]),
+                            rng.integers(0, len(texts), (50, 2)),
+                            [[len(texts) - 3, len(texts) - 2], [0, len(texts) - 1]]])
+    want = np.array([dedup.true_jaccard(hashes[doc == a], hashes[doc == b]) for a, b in pairs])
+    assert np.array_equal(dedup.pair_jaccard(hashes, doc, pairs), want)
+    assert want[len(planted)] < 0.1 and want[-2] == 1.0  # two empty documents are equal
+    monkeypatch.setattr(dedup, "numba", None)  # the path taken without numba agrees
+    assert np.array_equal(dedup.pair_jaccard(hashes, doc, pairs), want)
+
+
 def test_components_keep_smallest_index():
     label = dedup.components(6, np.array([[4, 5], [2, 5], [1, 3]]))
     assert label.tolist() == [0, 1, 2, 1, 2, 2]
