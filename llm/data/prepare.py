@@ -25,7 +25,7 @@ import xxhash
 from llm.data import DataError, clean, report, stages
 from llm.data.executors import run_stage
 from llm.data.records import token_dtype
-from llm.data.sources import list_input_files
+from llm.data.sources import list_input_files, splits_by_bytes
 from llm.data.split import check_fractions
 from llm.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -104,8 +104,16 @@ def prepare(data_config: ml_collections.ConfigDict) -> pathlib.Path:
     names = [str(f) for f in files]
     k = c.num_shards if c.num_shards > 0 else max(1, c.num_workers)
     run = lambda fn, args: run_stage(fn, args, c.executor, c.num_workers)
-    scans = _stage(out, "scan", lambda: run(
-        stages.scan_shard, [(cfg, names, s, k, str(out)) for s in range(k)]))
+
+    def scan_stage():
+        before = [{} for _ in range(k)]
+        if k > 1 and any(splits_by_bytes(f) for f in files):
+            before = stages.lines_before(run(stages.count_lines,
+                                             [(names, s, k) for s in range(k)]))
+        return run(stages.scan_shard, [(cfg, names, s, k, str(out), before[s])
+                                       for s in range(k)])
+
+    scans = _stage(out, "scan", scan_stage)
     documents = sum(s["counts"]["documents"] for s in scans)
     bad = {}
     for s in scans:
