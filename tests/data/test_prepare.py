@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import pathlib
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from configs.data import get_config
 from llm.data import DataError, loaders
 from llm.data.prepare import is_prepared, prepare
+from llm.data.records import RecordSet
+from llm.data.tokenizer import Tokenizer
 
 WORDS = ["".join("abcdefghijklmnopqrstuvwxyz"[(i * 7 + k * 3) % 26] for k in range(2 + i % 6))
          + "abcdefghijklmnopqrstuvwxyz"[i % 26] for i in range(400)]
@@ -158,6 +161,27 @@ def test_skip_bad_records_in_text_and_parquet_files(tmp_path):
         ("latin.txt", 1, "bad_record:non_utf8"), ("rows.parquet", 2, "bad_record:non_utf8"),
         ("rows.parquet", 3, "bad_record:missing_field")]
     assert report["stages"][0]["documents_out"] == 3
+
+
+def test_mixture_weights_repeat_and_subsample_sources(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    docs = {name: [_doc(seed * 100 + i) for i in range(n)]
+            for seed, (name, n) in enumerate([("plain", 30), ("triple", 30), ("half", 60)], 1)}
+    for name, texts in docs.items():
+        (raw / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                                   for t in texts))
+    out = prepare(_config(raw, tmp_path / "out", **{"mixture.weights": "triple=3,half=0.5"}))
+    tok = Tokenizer.load(out / "tokenizer")
+    meta = json.loads((out / "meta.json").read_text())
+    records = RecordSet(out, "train", "text", meta["dtype"])
+    written = Counter(" ".join(tok.decode(records.tokens(i)).split())
+                      for i in range(len(records)))
+    copies = {name: [written[" ".join(t.split())] for t in texts] for name, texts in docs.items()}
+    assert copies["plain"] == [1] * 30  # weight 1 (unnamed): each document once
+    assert copies["triple"] == [3] * 30  # weight 3: each document three times
+    assert set(copies["half"]) == {0, 1} and 20 <= sum(copies["half"]) <= 40  # about half
+    assert len(records) == 30 + 90 + sum(copies["half"]) == sum(written.values())
 
 
 def test_non_utf8_text_file_missing_path_and_empty_inputs(tmp_path):
