@@ -1,13 +1,15 @@
 """Near-dedup recall/precision, executors and shard counts agree, splits, decontamination."""
 
 import json
+import os
 import random
 
 import numpy as np
 import pytest
 
 from configs.data import get_config
-from llm.data import clean, dedup, split
+from llm.data import DataError, clean, dedup, split
+from llm.data.executors import Executor
 from llm.data.prepare import prepare
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -150,6 +152,16 @@ def test_shards_and_executors_agree(tmp_path):
     assert {"source": str(raw / "a.jsonl"), "line": 4} in [r["duplicate_of"] for r in exact]
 
 
+def test_local_executor_keeps_one_pool_for_all_stages():
+    with Executor("local", 2) as ex:
+        first = ex.run(os.getpid, [()] * 4)
+        second = ex.run(os.getpid, [()] * 4)
+    assert os.getpid() not in first
+    assert len(set(first) | set(second)) <= 2  # the same two workers served both stages
+    with pytest.raises(DataError, match="unknown executor"):
+        Executor("dask", 2)
+
+
 @pytest.mark.slow
 def test_ray_executor_agrees(tmp_path):
     pytest.importorskip("ray")
@@ -210,6 +222,10 @@ def test_quality_filters_each_fire():
     f.enabled = "min_words"
     assert clean.quality_problem("same line here\n" * 20, f) is None
     assert clean.quality_problem(good, get_config().clean.filters) in (None, "top_2gram")
+    words = "ab c ab c xyz ab".split()  # 11 chars; the 2-gram "ab c" twice covers 6
+    assert clean._ngram_stats(words, 2, 11) == (4 * 2 / 11, 6 / 11)
+    assert clean._ngram_stats(words, 5, 11) == (0.0, 0.0)
+    assert clean._digits("a1\u00b2\u0663 42") == 5  # str.isdigit, ASCII or not
     cfg = get_config().clean
     assert clean.normalize("a\u0000b  \r\n\n\n\n\nc\u0301", cfg) == "ab\n\n\n\u0107\n"
     with pytest.raises(ValueError, match="unknown filter"):
