@@ -180,7 +180,7 @@ def main(argv):
             res["pipeline_docs_per_s"] = n / (time.perf_counter() - t)
     print(f"{'measure':<28}{'value':>14}")
     for k, v in res.items():
-        print(f"{k:<28}{v:>14.3f}" if isinstance(v, float) else f"{k:<28}{v:>14}")
+        print(f"{k:<28}{v:>14.3f}" if isinstance(v, float) else f"{k:<28}{v!s:>14}")
     print(json.dumps(res))
 
 
