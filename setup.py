@@ -31,9 +31,10 @@ setup(
         "gpu": ["jax[cuda12]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "wandb": ["wandb>=0.17"],
-        # Parquet and .zst inputs, mojibake repair, the Ray executor, and the dedup
-        # benchmark's peers (datasketch; rensa where it installs).
-        "data": ["pyarrow>=15", "zstandard>=0.22", "ftfy>=6.2", "ray>=2.30",
+        # Parquet and .zst inputs, mojibake repair, the Ray executor, compiled MinHash
+        # kernels (numba; without it dedup runs the same hashes in slower numpy), and the
+        # dedup benchmark's peers (datasketch; rensa where it installs).
+        "data": ["pyarrow>=15", "zstandard>=0.22", "ftfy>=6.2", "ray>=2.30", "numba>=0.60",
                  "datasketch>=1.6"],
     },
 )

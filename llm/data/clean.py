@@ -59,22 +59,34 @@ def _duplicate_fraction(items: list[str], total_chars: int) -> float:
     return dup / total_chars
 
 
-def _ngram_stats(words: list[str], n: int) -> tuple[float, float]:
-    """(top n-gram char fraction, duplicate n-gram char fraction) for word n-grams."""
+def _ngram_stats(words: list[str], n: int, total: int) -> tuple[float, float]:
+    """(top n-gram char fraction, duplicate n-gram char fraction) for word n-grams.
+
+    `total` is the words' character count. N-grams are tuples (hashed in C), not joined
+    strings; the top one's length counts the n - 1 spaces a joined string would have.
+    """
     if len(words) < n:
         return 0.0, 0.0
-    grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
-    total = sum(len(w) for w in words) or 1
+    grams = list(zip(*(words[k:len(words) - n + 1 + k] for k in range(n)), strict=True))
     counts = Counter(grams)
-    top, top_count = counts.most_common(1)[0]
-    top_frac = len(top) * top_count / total if top_count > 1 else 0.0
-    covered = [False] * len(words)
-    for i, g in enumerate(grams):
-        if counts[g] > 1:
-            for j in range(i, i + n):
-                covered[j] = True
-    dup_frac = sum(len(w) for w, c in zip(words, covered, strict=True) if c) / total
-    return top_frac, dup_frac
+    top_count = max(counts.values())
+    if top_count == 1:  # no n-gram repeats: nothing is duplicated
+        return 0.0, 0.0
+    top = next(g for g, c in counts.items() if c == top_count)  # as most_common(1) picks
+    total = total or 1
+    top_frac = (sum(map(len, top)) + n - 1) * top_count / total
+    covered = bytearray(len(words))
+    for i in [i for i, g in enumerate(grams) if counts[g] > 1]:
+        covered[i:i + n] = b"\x01" * n
+    dup_chars = sum(len(w) for w, c in zip(words, covered, strict=True) if c)
+    return top_frac, dup_chars / total
+
+
+def _digits(text: str) -> int:
+    """How many characters of text are digits (str.isdigit)."""
+    if text.isascii():
+        return sum(text.count(d) for d in "0123456789")
+    return sum(map(str.isdigit, text))
 
 
 def quality_problem(text: str, f) -> str | None:
@@ -88,16 +100,16 @@ def quality_problem(text: str, f) -> str | None:
         return "max_words"
     if n == 0:
         return None
+    chars = sum(map(len, words))
     if "mean_word_length" in enabled:
-        mean = sum(len(w) for w in words) / n
+        mean = chars / n
         if not f.min_mean_word_length <= mean <= f.max_mean_word_length:
             return "mean_word_length"
     if "symbol_ratio" in enabled:
         symbols = text.count("#") + text.count("...") + text.count("\u2026")
         if symbols / n > f.max_symbol_ratio:
             return "symbol_ratio"
-    if "digit_ratio" in enabled and sum(c.isdigit() for c in text) / len(text) > \
-            f.max_digit_ratio:
+    if "digit_ratio" in enabled and _digits(text) / len(text) > f.max_digit_ratio:
         return "digit_ratio"
     if "alpha_words" in enabled and f.min_alpha_word_fraction > 0:
         alpha = sum(any(c.isalpha() for c in w) for w in words) / n
@@ -125,10 +137,11 @@ def quality_problem(text: str, f) -> str | None:
         if _duplicate_fraction(paras, len(text)) > f.max_duplicate_paragraph_fraction:
             return "duplicate_paragraphs"
     if "top_2gram" in enabled or "duplicate_5gram" in enabled:
-        top2, _ = _ngram_stats(words, 2) if "top_2gram" in enabled else (0.0, 0.0)
+        top2, _ = _ngram_stats(words, 2, chars) if "top_2gram" in enabled else (0.0, 0.0)
         if top2 > f.max_top_2gram_fraction:
             return "top_2gram"
-        _, dup5 = _ngram_stats(words, 5) if "duplicate_5gram" in enabled else (0.0, 0.0)
+        _, dup5 = (_ngram_stats(words, 5, chars) if "duplicate_5gram" in enabled
+                   else (0.0, 0.0))
         if dup5 > f.max_duplicate_5gram_fraction:
             return "duplicate_5gram"
     return None

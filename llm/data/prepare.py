@@ -9,7 +9,7 @@
       manifest.json                    input hashes + settings: a rerun with the same ones reuses
                                        finished stages; anything else needs data.overwrite=True
 
-Stages run on `executors.run_stage` (inline, a local process pool or Ray); see stages.py.
+Stages run on one `executors.Executor` (inline, a local process pool or Ray); see stages.py.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 import xxhash
 
 from llm.data import DataError, clean, report, stages
-from llm.data.executors import run_stage
+from llm.data.executors import Executor
 from llm.data.records import token_dtype
-from llm.data.sources import list_input_files
+from llm.data.sources import list_input_files, splits_by_bytes
 from llm.data.split import check_fractions
 from llm.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -100,12 +100,29 @@ def prepare(data_config: ml_collections.ConfigDict) -> pathlib.Path:
     _claim_output(out, manifest, c.overwrite)
     if is_prepared(out):
         return out
+    with Executor(c.executor, c.num_workers) as ex:  # one worker pool for every stage
+        _run_stages(c, out, files, manifest, ex)
+    return out
+
+
+def _run_stages(c: ml_collections.ConfigDict, out: pathlib.Path, files: list[pathlib.Path],
+                manifest: dict, ex: Executor) -> None:
+    """scan → dedup → decontaminate → tokenizer → tokenise → report, each reused if done."""
+    inputs = c.inputs or c.path
     cfg = c.to_dict()
     names = [str(f) for f in files]
     k = c.num_shards if c.num_shards > 0 else max(1, c.num_workers)
-    run = lambda fn, args: run_stage(fn, args, c.executor, c.num_workers)
-    scans = _stage(out, "scan", lambda: run(
-        stages.scan_shard, [(cfg, names, s, k, str(out)) for s in range(k)]))
+    run = ex.run
+
+    def scan_stage():
+        before = [{} for _ in range(k)]
+        if k > 1 and any(splits_by_bytes(f) for f in files):
+            before = stages.lines_before(run(stages.count_lines,
+                                             [(names, s, k) for s in range(k)]))
+        return run(stages.scan_shard, [(cfg, names, s, k, str(out), before[s])
+                                       for s in range(k)])
+
+    scans = _stage(out, "scan", scan_stage)
     documents = sum(s["counts"]["documents"] for s in scans)
     bad = {}
     for s in scans:
@@ -160,7 +177,6 @@ def prepare(data_config: ml_collections.ConfigDict) -> pathlib.Path:
                                 for s in range(k)]))
     report.write(out, c, scans, dd["stats"], contaminated, dropped, written, tok, dtype,
                  manifest, bad)
-    return out
 
 
 def _nonempty(items, message: str, where):

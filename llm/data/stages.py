@@ -1,5 +1,7 @@
 """The preparation stages, each a module-level function an executor can run per shard.
 
+count_lines (per shard): newlines in each shard's byte range of every uncompressed JSONL,
+  so the scan can number the lines of its own range without reading the others.
 scan (per shard): read → clean → filter → exact key, MinHash signature, split; spilled to
   `_work/scan-<k>.jsonl` (documents) and `.npz` (order keys, exact keys, signatures).
 dedup (global, over signatures and ids only): exact, then near duplicates.
@@ -19,9 +21,8 @@ import ml_collections
 import numpy as np
 import xxhash
 
-from llm.data import DataError, chat, clean, dedup, split
+from llm.data import DataError, chat, clean, dedup, sources, split
 from llm.data.records import ShardWriter, shard_prefix
-from llm.data.sources import JSONL_SUFFIXES, PARQUET_SUFFIXES, ReadStats, _base_suffix, read_records
 from llm.data.tokenizer import Tokenizer
 
 WORK = "_work"
@@ -44,11 +45,31 @@ def order_key(file_index: int, line: int) -> int:
     return (file_index << 32) | line
 
 
-def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: str) -> dict:
-    """Stage 1 for one shard: read, clean, filter, hash, sign and spill its documents."""
+def count_lines(files: list[str], shard: int, num_shards: int) -> dict[int, int]:
+    """Stage 0 for one shard: {file index: newlines in its byte range} of byte-split files."""
+    return {fi: sources.count_newlines(pathlib.Path(name), (shard, num_shards))
+            for fi, name in enumerate(files) if sources.splits_by_bytes(pathlib.Path(name))}
+
+
+def lines_before(counts: list[dict[int, int]]) -> list[dict[int, int]]:
+    """Per shard, {file index: newlines before its byte range}, from every shard's counts."""
+    out, running = [], dict.fromkeys(counts[0] if counts else (), 0)
+    for shard_counts in counts:
+        out.append(dict(running))
+        for fi, n in shard_counts.items():
+            running[fi] = running.get(fi, 0) + n
+    return out
+
+
+def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: str,
+               before: dict[int, int] | None = None) -> dict:
+    """Stage 1 for one shard: read, clean, filter, hash, sign and spill its documents.
+
+    `before` is this shard's `lines_before` entry (counted here when not given).
+    """
     c = ml_collections.ConfigDict(cfg)
     work = pathlib.Path(out) / WORK
-    stats = ReadStats()
+    stats = sources.ReadStats()
     counts = {"documents": 0, "characters": 0, "kept": 0, "filters": {}}
     orders, exact, sigs, kinds = [], [], [], set()
     removed = []
@@ -56,11 +77,13 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
     with open(work / f"scan-{shard}.jsonl", "w") as spill:
         for fi, name in enumerate(files):
             path = pathlib.Path(name)
-            structured = _base_suffix(path) in JSONL_SUFFIXES + PARQUET_SUFFIXES
-            if not structured and fi % num_shards != shard:
+            shared = sources.is_record_file(path)  # every shard reads its part of it
+            if not shared and fi % num_shards != shard:
                 continue
-            part = (shard, num_shards) if structured else (0, 1)
-            for rec in read_records(path, c.text_field, c.skip_bad_records, stats, part):
+            part = (shard, num_shards) if shared else (0, 1)
+            known = None if before is None else before.get(fi, 0)
+            for rec in sources.read_records(path, c.text_field, c.skip_bad_records, stats,
+                                            part, known):
                 counts["documents"] += 1
                 fields = dict(rec.fields)
                 kinds.add(rec.kind)
@@ -88,6 +111,8 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
     if batch:
         sigs.append(_sign(batch, c))
     counts["kept"] = len(orders)
+    removed += [{"source": src, "line": line, "reason": f"bad_record:{reason}"}
+                for src, line, reason in stats.skipped]
     np.savez(work / f"scan-{shard}.npz", order=np.asarray(orders, np.int64),
              exact=np.asarray(exact, dtype="U32"),
              sig=np.concatenate(sigs) if sigs else np.zeros((0, c.dedup.num_perm), np.uint32))
@@ -162,13 +187,11 @@ def _verify(c, out, num_shards, order, sig, pairs) -> np.ndarray:
         for row in iter_spill(out, k):
             if row["o"] in need:
                 texts[row["o"]] = content_key(row["kind"], row["fields"])
-    keys = sorted(texts)
-    hashes, doc = dedup.shingle_hashes([texts[o] for o in keys], c.dedup.ngram,
+    keys = np.array(sorted(texts), np.int64)
+    hashes, doc = dedup.shingle_hashes([texts[o] for o in keys.tolist()], c.dedup.ngram,
                                        c.dedup.ngram_unit)
-    sets = np.split(hashes, np.searchsorted(doc, np.arange(1, len(keys))))
-    where = {o: sets[i] for i, o in enumerate(keys)}
-    return np.array([dedup.true_jaccard(where[order[a]], where[order[b]]) >= c.dedup.threshold
-                     for a, b in pairs], dtype=bool)
+    local = np.searchsorted(keys, order[pairs])  # pair members as indices into keys
+    return dedup.pair_jaccard(hashes, doc, local) >= c.dedup.threshold
 
 
 def held_out_ngrams(cfg: dict, out: str, shard: int, dropped: dict) -> np.ndarray:

@@ -1,13 +1,15 @@
 """Near-dedup recall/precision, executors and shard counts agree, splits, decontamination."""
 
 import json
+import os
 import random
 
 import numpy as np
 import pytest
 
 from configs.data import get_config
-from llm.data import clean, dedup, split
+from llm.data import DataError, clean, dedup, split
+from llm.data.executors import Executor
 from llm.data.prepare import prepare
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -67,6 +69,45 @@ def test_shingle_hash_jaccard_matches_strings():
         assert dedup.true_jaccard(hashes[doc == a], hashes[doc == b]) == pytest.approx(j)
 
 
+def _awkward_texts():
+    """Empty, blank, shorter-than-n, non-ASCII, mixed-case and every kind of whitespace."""
+    rng = random.Random(3)
+    alphabet = list("abcXYZ  \t\n\r\x0b\x0c\u00e9\u00fc\u20ac\u65e5\u672c") + ["word", "\u01c4"]
+    return ["", " ", "a", "one two", "\n\n", "x y z w v u t s", "Caf\u00e9 CAF\u00c9 caf\u00e9"] + [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300))) for _ in range(200)]
+
+
+@pytest.mark.parametrize("unit", ["word", "char"])
+def test_compiled_and_numpy_hashes_are_identical(unit):
+    pytest.importorskip("numba")
+    texts, _ = _planted(n_docs=30, n_dups=10)
+    texts += _awkward_texts()
+    for ngram in (1, 2, 5, 13):
+        fast = dedup.shingle_hashes(texts, ngram, unit)
+        ref = dedup._shingle_hashes_numpy(texts, ngram, unit)
+        assert all(np.array_equal(a, b) for a, b in zip(fast, ref, strict=True))
+        for num_perm in (1, 7, 128):
+            sig = dedup.signatures(texts, num_perm, ngram, unit)
+            assert sig.dtype == np.uint32
+            assert np.array_equal(sig, dedup._signatures_numpy(texts, num_perm, ngram, unit))
+    assert (dedup.signatures([""], 16, 5) == dedup._EMPTY).all()
+
+
+def test_pair_jaccard_matches_true_jaccard(monkeypatch):
+    texts, planted = _planted(n_docs=40, n_dups=30, seed=4)
+    texts += ["", "", "short"]
+    hashes, doc = dedup.shingle_hashes(texts, 5)
+    rng = np.random.default_rng(0)
+    pairs = np.concatenate([np.array([(a, b) for a, b, _ in planted]),
+                            rng.integers(0, len(texts), (50, 2)),
+                            [[len(texts) - 3, len(texts) - 2], [0, len(texts) - 1]]])
+    want = np.array([dedup.true_jaccard(hashes[doc == a], hashes[doc == b]) for a, b in pairs])
+    assert np.array_equal(dedup.pair_jaccard(hashes, doc, pairs), want)
+    assert want[len(planted)] < 0.1 and want[-2] == 1.0  # two empty documents are equal
+    monkeypatch.setattr(dedup, "numba", None)  # the path taken without numba agrees
+    assert np.array_equal(dedup.pair_jaccard(hashes, doc, pairs), want)
+
+
 def test_components_keep_smallest_index():
     label = dedup.components(6, np.array([[4, 5], [2, 5], [1, 3]]))
     assert label.tolist() == [0, 1, 2, 1, 2, 2]
@@ -109,6 +150,16 @@ def test_shards_and_executors_agree(tmp_path):
     assert reasons.count("near_duplicate") >= 5
     exact = [r for r in one if r["reason"] == "exact_duplicate"]
     assert {"source": str(raw / "a.jsonl"), "line": 4} in [r["duplicate_of"] for r in exact]
+
+
+def test_local_executor_keeps_one_pool_for_all_stages():
+    with Executor("local", 2) as ex:
+        first = ex.run(os.getpid, [()] * 4)
+        second = ex.run(os.getpid, [()] * 4)
+    assert os.getpid() not in first
+    assert len(set(first) | set(second)) <= 2  # the same two workers served both stages
+    with pytest.raises(DataError, match="unknown executor"):
+        Executor("dask", 2)
 
 
 @pytest.mark.slow
@@ -171,6 +222,10 @@ def test_quality_filters_each_fire():
     f.enabled = "min_words"
     assert clean.quality_problem("same line here\n" * 20, f) is None
     assert clean.quality_problem(good, get_config().clean.filters) in (None, "top_2gram")
+    words = "ab c ab c xyz ab".split()  # 11 chars; the 2-gram "ab c" twice covers 6
+    assert clean._ngram_stats(words, 2, 11) == (4 * 2 / 11, 6 / 11)
+    assert clean._ngram_stats(words, 5, 11) == (0.0, 0.0)
+    assert clean._digits("a1\u00b2\u0663 42") == 5  # str.isdigit, ASCII or not
     cfg = get_config().clean
     assert clean.normalize("a\u0000b  \r\n\n\n\n\nc\u0301", cfg) == "ab\n\n\n\u0107\n"
     with pytest.raises(ValueError, match="unknown filter"):

@@ -3,6 +3,8 @@
 import gzip
 import json
 import os
+import pathlib
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ import pytest
 from configs.data import get_config
 from llm.data import DataError, loaders
 from llm.data.prepare import is_prepared, prepare
+from llm.data.records import RecordSet
+from llm.data.tokenizer import Tokenizer
 
 WORDS = ["".join("abcdefghijklmnopqrstuvwxyz"[(i * 7 + k * 3) % 26] for k in range(2 + i % 6))
          + "abcdefghijklmnopqrstuvwxyz"[i % 26] for i in range(400)]
@@ -90,6 +94,12 @@ def test_existing_output_is_never_silently_overwritten(corpus, tmp_path):
     (b'{"text": "ok ok ok ok ok"}\n{"text": "\xff\xfe bad"}\n', "non utf8", 2),
     (b'{"messages": [{"role": "robot", "content": "x"}]}\n', "unknown role", 1),
     (b'{"prompt": "p", "chosen": 3, "rejected": "r"}\n', "'chosen'", 1),
+    (b'{"text": "fine words here and more"}\n{"prompt": "p", "rejected": "r"}\n',
+     "missing field 'chosen'", 2),
+    (b'{"messages": "hello"}\n', "'messages' must be a non-empty list", 1),
+    (b'{"messages": [{"role": "user"}]}\n', "needs 'role' and 'content'", 1),
+    (b'{"text": "fine words here and more"}\n{"text": "a \\ud800 b"}\n',
+     "unpaired surrogate", 2),
 ])
 def test_bad_records_name_file_and_line(tmp_path, content, match, line):
     src = tmp_path / "bad.jsonl"
@@ -99,15 +109,79 @@ def test_bad_records_name_file_and_line(tmp_path, content, match, line):
     assert f"{src}:{line}:" in str(e.value)
 
 
-def test_skip_bad_records_counts_them(tmp_path):
+BAD_LINES = [  # (raw JSONL line, the reason it is skipped)
+    (b"{oops", "malformed_json"),
+    (b'{"other": 1}', "missing_field"),  # no text field (nor any other known one)
+    (b'{"text": "\xff"}', "non_utf8"),  # raw bytes that are not UTF-8
+    (b'{"text": "lone \\ud800 surrogate"}', "non_utf8"),  # an escape that is not UTF-8
+    (b'{"prompt": "p", "rejected": "r"}', "missing_field"),  # preference without 'chosen'
+    (b'{"messages": "hello"}', "bad_field"),
+    (b'{"messages": [{"role": "user"}]}', "missing_field"),
+    (b'{"text": 5}', "bad_field"),
+]
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+def test_skip_bad_records_counts_them(tmp_path, shards):
     src = tmp_path / "mixed.jsonl"
-    good = [json.dumps({"text": _doc(i)}) for i in range(6)]
-    src.write_bytes(("\n".join(good[:3]) + "\n{oops\n" + '{"other": 1}\n').encode()
-                    + b'{"text": "\xff"}\n' + ("\n".join(good[3:]) + "\n").encode())
-    out = prepare(_config(src, tmp_path / "out", skip_bad_records=True))
+    good = [json.dumps({"text": _doc(i)}).encode() for i in range(6)]
+    lines = good[:3] + [raw for raw, _ in BAD_LINES] + good[3:]
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out = prepare(_config(src, tmp_path / "out", skip_bad_records=True, num_shards=shards))
     report = json.loads((out / "report.json").read_text())
-    assert report["bad_records"] == {"malformed_json": 1, "missing_field": 1, "non_utf8": 1}
+    expected: dict = {}
+    for _, reason in BAD_LINES:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert report["bad_records"] == expected
+    assert report["stages"][0]["documents_in"] == 6 + len(BAD_LINES)
     assert report["stages"][0]["documents_out"] == 6
+    removed = [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in removed] == [
+        (4 + i, f"bad_record:{reason}") for i, (_, reason) in enumerate(BAD_LINES)]
+    assert json.loads((out / "meta.json").read_text())["splits"]["train"]["text"][
+        "documents"] == 6
+
+
+def test_skip_bad_records_in_text_and_parquet_files(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "good.txt").write_text(_doc(1))
+    (raw / "latin.txt").write_bytes(b"caf\xe9 " + _doc(2).encode())
+    body = [_doc(3).encode(), b"\xff\xfe not utf-8", None, _doc(4).encode()]
+    pq.write_table(pa.table({"text": pa.array(body, pa.binary())}), raw / "rows.parquet")
+    with pytest.raises(DataError, match=r"latin.txt:1: invalid utf-8"):
+        prepare(_config(raw, tmp_path / "strict"))
+    out = prepare(_config(raw, tmp_path / "out", skip_bad_records=True))
+    report = json.loads((out / "report.json").read_text())
+    assert report["bad_records"] == {"non_utf8": 2, "missing_field": 1}
+    removed = [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
+    assert [(pathlib.Path(r["source"]).name, r["line"], r["reason"]) for r in removed] == [
+        ("latin.txt", 1, "bad_record:non_utf8"), ("rows.parquet", 2, "bad_record:non_utf8"),
+        ("rows.parquet", 3, "bad_record:missing_field")]
+    assert report["stages"][0]["documents_out"] == 3
+
+
+def test_mixture_weights_repeat_and_subsample_sources(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    docs = {name: [_doc(seed * 100 + i) for i in range(n)]
+            for seed, (name, n) in enumerate([("plain", 30), ("triple", 30), ("half", 60)], 1)}
+    for name, texts in docs.items():
+        (raw / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                                   for t in texts))
+    out = prepare(_config(raw, tmp_path / "out", **{"mixture.weights": "triple=3,half=0.5"}))
+    tok = Tokenizer.load(out / "tokenizer")
+    meta = json.loads((out / "meta.json").read_text())
+    records = RecordSet(out, "train", "text", meta["dtype"])
+    written = Counter(" ".join(tok.decode(records.tokens(i)).split())
+                      for i in range(len(records)))
+    copies = {name: [written[" ".join(t.split())] for t in texts] for name, texts in docs.items()}
+    assert copies["plain"] == [1] * 30  # weight 1 (unnamed): each document once
+    assert copies["triple"] == [3] * 30  # weight 3: each document three times
+    assert set(copies["half"]) == {0, 1} and 20 <= sum(copies["half"]) <= 40  # about half
+    assert len(records) == 30 + 90 + sum(copies["half"]) == sum(written.values())
 
 
 def test_non_utf8_text_file_missing_path_and_empty_inputs(tmp_path):
@@ -149,7 +223,6 @@ def test_parquet_and_zstd_inputs(tmp_path):
 
 
 def test_prepare_data_script(corpus, tmp_path):
-    import pathlib
     import subprocess
     import sys
 
