@@ -7,8 +7,12 @@
   rl.jsonl          {"prompt", "answer"}
 
 `check_arithmetic_answer(completion, answer)` is the exact-answer verifier used by the demo
-and RL rewards. `register` adds generators; a sampler-backed generator (the project's own
-model writing data) plugs in the same way once the sampler exists: `register('name')(fn)`.
+and RL rewards. `register` adds generators.
+
+`from_model(sampler, rows, out_dir, ...)` is the hook for data written by the project's own
+model: it samples several completions per prompt with an `llm.sampler.Sampler`, checks each
+with a verifier, and writes rejection-sampled SFT rows (verified completions) and preference
+pairs (a verified completion over a failed one) in the same formats as above.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import json
 import pathlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from llm.data import DataError
 
@@ -98,4 +103,53 @@ def arithmetic(out: pathlib.Path, n: int, difficulty: int, seed: int) -> dict[st
     finally:
         for f in files.values():
             f.close()
+    return paths
+
+
+def from_model(sampler: Any, rows: Sequence[Mapping[str, Any]], out_dir: Any, *,
+               samples_per_prompt: int = 4,
+               verifier: Callable[[str, Any], bool] = check_arithmetic_answer,
+               batch_size: int = 8, seed: int = 0, **controls: Any) -> dict[str, pathlib.Path]:
+    """Sample, verify and write `samples`, `sft` and `preference` JSONL files from a model.
+
+    `rows` hold a `prompt` (asked as one user turn) and the `answer` the verifier checks
+    against (the RL prompt format). Sampling controls (`temperature`, `max_new_tokens`, ...)
+    pass through to the sampler; sample k of every prompt uses seeds offset by k * len(rows).
+    """
+    from llm.sampler import complete_rows
+
+    if samples_per_prompt < 1:
+        raise DataError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+    requests = []
+    for n, row in enumerate(rows):
+        if "prompt" not in row or "answer" not in row:
+            raise DataError(f"row {n + 1}: expected 'prompt' and 'answer', got {sorted(row)}")
+        requests.append({"messages": [{"role": "user", "content": str(row["prompt"])}]})
+    samples = [[] for _ in rows]  # per prompt: (completion, correct)
+    for k in range(samples_per_prompt):
+        done = complete_rows(sampler, requests, batch_size=batch_size,
+                             seed=seed + k * len(rows), **controls)
+        for i, result in enumerate(done):
+            text = result["completion"]
+            samples[i].append((text, bool(verifier(text, rows[i]["answer"]))))
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / f"{k}.jsonl" for k in ("samples", "sft", "preference")}
+    with open(paths["samples"], "w") as f_all, open(paths["sft"], "w") as f_sft, \
+            open(paths["preference"], "w") as f_pref:
+        for row, found in zip(rows, samples, strict=True):
+            prompt = str(row["prompt"])
+            for text, correct in found:
+                f_all.write(json.dumps({"prompt": prompt, "answer": row["answer"],
+                                        "completion": text, "correct": correct}) + "\n")
+            right = list(dict.fromkeys(t for t, ok in found if ok))
+            wrong = list(dict.fromkeys(t for t, ok in found if not ok))
+            for text in right:
+                f_sft.write(json.dumps({"messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": text}]}) + "\n")
+            for chosen, rejected in zip(right, wrong, strict=False):
+                f_pref.write(json.dumps({"prompt": prompt, "chosen": chosen,
+                                         "rejected": rejected}) + "\n")
     return paths

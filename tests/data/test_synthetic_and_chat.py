@@ -88,3 +88,53 @@ def test_preference_and_prompt_loaders(prepared):
         question = tok.decode(ids)
         expr = question[question.index("What is ") + 8:question.index("?")]
         assert eval(expr) == int(p["answer"][r])  # noqa: S307
+
+
+def test_from_model_writes_verified_sft_and_preference_pairs(tmp_path):
+    from flax import nnx
+
+    from llm.model import ModelConfig, Transformer
+    from llm.sampler import Sampler
+
+    class ByteTokenizer:
+        bos_id, eos_id, pad_id, vocab_size = 256, 257, 258, 259
+
+        def encode(self, text, add_bos=False, add_eos=False):
+            return [256] * add_bos + list(text.encode("latin-1")) + [257] * add_eos
+
+        def decode(self, ids):
+            return bytes(i for i in ids if i < 256).decode("latin-1")
+
+    cfg = ModelConfig(vocab_size=259, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                      head_dim=16, d_ff=64, max_seq_len=64, init_std=0.3)
+    graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    sampler = Sampler(graphdef, params, ByteTokenizer(), max_len=64)
+    rows = [{"prompt": "What is 1 + 1?", "answer": 0}, {"prompt": "What is 2 + 3?", "answer": 1}]
+
+    def parity(text, answer):  # a stand-in verifier that random text passes about half the time
+        return len(text) > 0 and ord(text[0]) % 2 == int(answer)
+
+    def run(out):
+        return synthetic.from_model(sampler, rows, out, samples_per_prompt=6, verifier=parity,
+                                    temperature=1.0, top_p=1.0, max_new_tokens=6, seed=3)
+
+    paths = run(tmp_path / "a")
+    read = lambda role: [json.loads(line) for line in open(paths[role])]
+    samples, sft, pref = read("samples"), read("sft"), read("preference")
+    assert len(samples) == 12
+    assert all(s["correct"] == parity(s["completion"], s["answer"]) for s in samples)
+    assert {s["correct"] for s in samples} == {True, False}  # the test exercises both sides
+    for row in rows:
+        mine = [s for s in samples if s["prompt"] == row["prompt"]]
+        right = {s["completion"] for s in mine if s["correct"]}
+        wrong = {s["completion"] for s in mine if not s["correct"]}
+        got_sft = [m["messages"][1]["content"] for m in sft
+                   if m["messages"][0]["content"] == row["prompt"]]
+        assert sorted(got_sft) == sorted(right)
+        pairs = [p for p in pref if p["prompt"] == row["prompt"]]
+        assert len(pairs) == min(len(right), len(wrong))
+        assert all(p["chosen"] in right and p["rejected"] in wrong for p in pairs)
+    again = run(tmp_path / "b")
+    assert all(open(paths[k]).read() == open(again[k]).read() for k in paths)
+    with pytest.raises(DataError, match="row 1: expected 'prompt' and 'answer'"):
+        synthetic.from_model(sampler, [{"prompt": "x"}], tmp_path / "c")
