@@ -107,3 +107,13 @@ def test_hf_weights_follow_the_runs_sharding_rules(hf_model):
     loaded = checkpoint.load_model(f"hf:{hf_model[0]}", mesh, rules)
     gate = loaded.params["layers"]["mlp"]["gate_proj"]["kernel"][...]
     assert "tensor" not in jax.tree.leaves(tuple(gate.sharding.spec))
+
+
+def test_a_base_with_another_architecture_is_refused(hf_model, tmp_path):
+    # Same shapes, different numerics: the HF model uses rope_theta 10,000 and eps 1e-5.
+    config = config_for(tmp_path, f"init_from=hf:{hf_model[0]}", "total_steps=2",
+                        "model.rope_theta=500000.0", "model.norm_eps=1e-6")
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"model.norm_eps=1e-06 \(init_from has 1e-05\); "
+                             r"model.rope_theta=500000.0 \(init_from has 10000.0\)"):
+        train(config, SyntheticTask(config))

@@ -280,6 +280,7 @@ def _build_params(task: Task, model_cfg: ModelConfig, config, mesh, rules):
             raise CheckpointError(
                 f"init_from={config.init_from}: its vocabulary ({loaded.model_cfg.vocab_size})"
                 f" differs from this run's ({model_cfg.vocab_size})")
+        _check_same_architecture(loaded.model_cfg, model_cfg, config.init_from)
         copy_params(full, loaded.params, f"init_from={config.init_from}")
     model = nnx.merge(graphdef, full)
     if config.peft.method != "none":
@@ -288,6 +289,30 @@ def _build_params(task: Task, model_cfg: ModelConfig, config, mesh, rules):
         model = nnx.merge(graphdef, sharding.shard_state(full, mesh, rules))
     graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
     return graphdef, params, frozen
+
+
+# Settings that change what the loaded weights compute; shapes alone would not catch them.
+_ARCHITECTURE_KEYS = ("family", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                      "d_ff", "norm_eps", "rope_theta", "tie_embeddings", "qk_norm",
+                      "qkv_bias", "sliding_window")
+# May differ on purpose (context extension); reported, not refused.
+_ROPE_SCALING_KEYS = ("rope_scaling", "rope_factor", "rope_low_freq_factor",
+                      "rope_high_freq_factor", "rope_original_max_len", "max_seq_len")
+
+
+def _check_same_architecture(loaded: ModelConfig, run: ModelConfig, init_from: str) -> None:
+    """Refuse a base whose architecture differs from the run's model config (one error
+    listing every difference); print rope-scaling / context differences."""
+    def differences(keys):
+        return [f"model.{k}={getattr(run, k)!r} (init_from has {getattr(loaded, k)!r})"
+                for k in keys if getattr(run, k) != getattr(loaded, k)]
+
+    wrong = differences(_ARCHITECTURE_KEYS)
+    if wrong:
+        raise CheckpointError(f"init_from={init_from}: the run's model differs from the "
+                              f"loaded one: {'; '.join(wrong)}; set these keys to match")
+    for line in differences(_ROPE_SCALING_KEYS):
+        print(f"init_from={init_from}: this run uses {line}")
 
 
 def _maybe_resume(checkpointer, workdir, resolved, state, state_shardings, train_iter):
