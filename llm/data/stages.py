@@ -197,11 +197,21 @@ def _verify(c, out, num_shards, order, sig, pairs) -> np.ndarray:
 def held_out_ngrams(cfg: dict, out: str, shard: int, dropped: dict) -> np.ndarray:
     """Stage 3a: unique n-gram hashes of this shard's validation/test documents."""
     c = ml_collections.ConfigDict(cfg)
-    texts = [content_key(r["kind"], r["fields"]) for r in iter_spill(out, shard)
-             if r["split"] != "train" and r["o"] not in dropped]
-    if not texts:
-        return np.zeros(0, np.uint64)
-    return np.unique(dedup.shingle_hashes(texts, c.decontaminate.ngram)[0])
+    unique: list[np.ndarray] = [np.zeros(0, np.uint64)]
+    texts: list[str] = []
+
+    def flush() -> None:  # hash BATCH documents at a time: the kernels' buffers scale
+        if texts:        # with the bytes hashed at once, and held-out splits can be large
+            unique.append(np.unique(dedup.shingle_hashes(texts, c.decontaminate.ngram)[0]))
+            texts.clear()
+
+    for r in iter_spill(out, shard):
+        if r["split"] != "train" and r["o"] not in dropped:
+            texts.append(content_key(r["kind"], r["fields"]))
+            if len(texts) == BATCH:
+                flush()
+    flush()
+    return np.unique(np.concatenate(unique))
 
 
 def contaminated(cfg: dict, out: str, shard: int, dropped: dict, ngrams: np.ndarray) -> list:

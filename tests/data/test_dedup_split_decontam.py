@@ -230,3 +230,29 @@ def test_quality_filters_each_fire():
     assert clean.normalize("a\u0000b  \r\n\n\n\n\nc\u0301", cfg) == "ab\n\n\n\u0107\n"
     with pytest.raises(ValueError, match="unknown filter"):
         clean.check_filter_names("min_word")
+
+
+def test_held_out_ngrams_do_not_depend_on_the_hashing_batch(tmp_path, monkeypatch):
+    from llm.data import stages
+
+    rng = random.Random(11)
+    vocab = _vocab(rng)
+    words = lambda n: [rng.choice(vocab) for _ in range(n)]
+    docs = []
+    for _ in range(30):  # pairs sharing a 13-gram: whichever lands held out taints the other
+        a = words(60)
+        docs += [" ".join(a), " ".join(words(20) + a[10:23] + words(20))]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+
+    def removed(batch):
+        monkeypatch.setattr(stages, "BATCH", batch)
+        c = get_config()
+        c.inputs, c.output_dir = str(tmp_path / "in.jsonl"), str(tmp_path / f"o{batch}")
+        c.num_workers, c.tokenizer.vocab_size = 0, 300
+        c.split.validation, c.split.test = 0.3, 0.2
+        out = prepare(c)
+        return (out / "removed.jsonl").read_text()
+
+    one_at_a_time = removed(1)
+    assert '"contamination"' in one_at_a_time
+    assert one_at_a_time == removed(512)
