@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.max_len = 0  # cache length; 0 = the smallest multiple of 64 that fits
     config.chunk_size = 16  # decode steps between host checks (stop strings, streaming)
     config.decode_sharding = "training"  # or 'tensor': weights replicated over fsdp
+    # Slice scan-stacked layer weights once per decode call (faster; one extra copy of the
+    # layer weights while it runs); False slices them on every step instead.
+    config.unstack_layers = True
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     config.lock()

@@ -66,11 +66,12 @@ class Sampler:
     def __init__(self, graphdef: nnx.GraphDef, params: Any, tokenizer: TokenizerLike, *,
                  max_len: int | None = None, mesh: jax.sharding.Mesh | None = None,
                  chat_template: ChatTemplate | None = None, chunk_size: int = 32,
-                 add_bos: bool = True):
+                 add_bos: bool = True, unstack_layers: bool = True):
         self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
         self.max_len, self.mesh, self.chunk_size, self.add_bos = max_len, mesh, chunk_size, \
             add_bos
         self.chat_template = chat_template or plain_chat_template
+        self.unstack_layers = unstack_layers  # see sampling.decode
 
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
         """Text → ids (with BOS); token-id prompts pass through."""
@@ -183,7 +184,8 @@ class Sampler:
                     finish_B=jnp.where(hit_B & ~done_B, sampling.STOP, state.finish_B))
             steps = self.chunk_size if chunked else 2**30
             state = sampling.decode(self.graphdef, self.params, state, max_len=max_len,
-                                    max_steps=steps, mesh=self.mesh)
+                                    max_steps=steps, mesh=self.mesh,
+                                    unstack_layers=self.unstack_layers)
         out = sampling.to_output(state)
         return [self._finish(out, b, stops, stop_at[b]) for b in range(B)]
 

@@ -178,14 +178,17 @@ def _prefill(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
     return _choose_and_record(state, logits_BV, max_len)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_len", "mesh"), donate_argnums=(2,))
+@partial(jax.jit, static_argnames=("graphdef", "max_len", "mesh", "unstack_layers"),
+         donate_argnums=(2,))
 def _decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, max_steps: jax.Array,
-            *, max_len: int, mesh: jax.sharding.Mesh | None) -> DecodeState:
+            *, max_len: int, mesh: jax.sharding.Mesh | None, unstack_layers: bool
+            ) -> DecodeState:
     model = nnx.merge(graphdef, params)
     cfg = model.cfg
-    # Loop-invariant per-layer weights: XLA:CPU would otherwise copy each layer's slice of
-    # the scan-stacked weights on every step (costing more than the step's matmuls).
-    model.unstack_layers()
+    if unstack_layers:
+        # Loop-invariant per-layer weights: XLA:CPU would otherwise copy each layer's slice
+        # of the scan-stacked weights on every step (costing more than the step's matmuls).
+        model.unstack_layers()
 
     def cond(carry):
         state, steps = carry
@@ -269,10 +272,16 @@ def prefill(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BP: Any, prompt_l
 
 
 def decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, *, max_len: int,
-           max_steps: int = 2**30, mesh: jax.sharding.Mesh | None = None) -> DecodeState:
-    """Run up to `max_steps` decode steps (fewer when every row stops); donates `state`."""
+           max_steps: int = 2**30, mesh: jax.sharding.Mesh | None = None,
+           unstack_layers: bool = True) -> DecodeState:
+    """Run up to `max_steps` decode steps (fewer when every row stops); donates `state`.
+
+    `unstack_layers` slices scan-stacked layer weights once per call, before the loop
+    (faster; one extra copy of the layer weights while the call runs); False slices them
+    inside every step instead (no extra copy held).
+    """
     return _decode(graphdef, params, state, jnp.asarray(max_steps, jnp.int32),
-                   max_len=max_len, mesh=mesh)
+                   max_len=max_len, mesh=mesh, unstack_layers=unstack_layers)
 
 
 def to_output(state: DecodeState) -> GenerateOutput:
@@ -288,18 +297,21 @@ def to_output(state: DecodeState) -> GenerateOutput:
 def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BP: Any, prompt_lengths_B: Any,
              sampling: SamplingParams, *, max_len: int | None = None,
              eos_ids: Sequence[int] = (), stop_token_ids: Sequence[int] = (),
-             mesh: jax.sharding.Mesh | None = None) -> GenerateOutput:
+             mesh: jax.sharding.Mesh | None = None, unstack_layers: bool = True
+             ) -> GenerateOutput:
     """Sample continuations of right-padded prompts until every row stops (one call).
 
     `max_len` is the cache length (prompt + new tokens), at most the model's max_seq_len;
     by default the smallest multiple of 64 that fits every row. A row stops at one of
     `eos_ids` (finish 'eos'), one of `stop_token_ids` ('stop') or at its max_new_tokens /
-    the cache end ('length'); the stopping id is included in its tokens.
+    the cache end ('length'); the stopping id is included in its tokens. `unstack_layers`:
+    see `decode`.
     """
     state, max_len = prefill(graphdef, params, prompt_tokens_BP, prompt_lengths_B, sampling,
                              max_len=max_len, eos_ids=eos_ids, stop_token_ids=stop_token_ids,
                              mesh=mesh)
-    state = decode(graphdef, params, state, max_len=max_len, mesh=mesh)
+    state = decode(graphdef, params, state, max_len=max_len, mesh=mesh,
+                   unstack_layers=unstack_layers)
     return to_output(state)
 
 

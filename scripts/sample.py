@@ -28,7 +28,8 @@ def build_sampler(config):
     mesh = sharding.make_mesh(dict(config.mesh.shape))
     sampler, end_ids = load_sampler(config.init_from, mesh=mesh,
                                     max_len=config.max_len or None,
-                                    chunk_size=config.chunk_size)
+                                    chunk_size=config.chunk_size,
+                                    unstack_layers=config.unstack_layers)
     if config.decode_sharding == "tensor":
         sampler.params = sampling.reshard_for_decode(sampler.params, mesh)
     return sampler, end_ids

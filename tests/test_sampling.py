@@ -251,3 +251,14 @@ def test_invalid_requests_raise_value_error(split):
 def test_bucket_length():
     assert [sampling.bucket_length(n) for n in (1, 8, 9, 33, 64, 65, 130)] == \
         [8, 8, 16, 64, 64, 128, 192]
+
+
+def test_decoding_without_unstacking_gives_the_same_tokens(split):
+    graphdef, params = split
+    tokens_BP, lengths_B = ragged()
+    sp = SamplingParams.create(4, temperature=0.8, seed=[1, 2, 3, 4], max_new_tokens=10)
+    fast = sampling.generate(graphdef, params, tokens_BP, lengths_B, sp, max_len=MAX_LEN)
+    lean = sampling.generate(graphdef, params, tokens_BP, lengths_B, sp, max_len=MAX_LEN,
+                             unstack_layers=False)
+    np.testing.assert_array_equal(lean.tokens_BN, fast.tokens_BN)
+    np.testing.assert_allclose(lean.logprobs_BN, fast.logprobs_BN, atol=1e-6)
