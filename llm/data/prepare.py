@@ -191,14 +191,12 @@ def _nonempty(items, message: str, where):
 
 def _eval_file_ngrams(c) -> np.ndarray:
     """n-gram hashes of the named evaluation files (any input format)."""
-    from llm.data import dedup
+    from llm.data import decontaminate
     from llm.data.sources import read_records
 
     if not c.decontaminate.eval_files:
         return np.zeros(0, np.uint64)
-    texts = [stages.content_key(r.kind, r.fields)
+    texts = (stages.content_key(r.kind, r.fields)
              for f in list_input_files(c.decontaminate.eval_files)
-             for r in read_records(f, c.text_field)]
-    if not texts:
-        return np.zeros(0, np.uint64)
-    return np.unique(dedup.shingle_hashes(texts, c.decontaminate.ngram)[0])
+             for r in read_records(f, c.text_field))
+    return decontaminate.ngram_set(texts, c.decontaminate.ngram, stages.BATCH)

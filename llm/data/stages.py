@@ -19,9 +19,9 @@ import pathlib
 
 import ml_collections
 import numpy as np
-import xxhash
 
-from llm.data import DataError, chat, clean, dedup, sources, split
+from llm.data import DataError, chat, clean, decontaminate, dedup, sources, split
+from llm.data.mixture import mixture_weights, repeats
 from llm.data.records import ShardWriter, shard_prefix
 from llm.data.tokenizer import Tokenizer
 
@@ -197,21 +197,9 @@ def _verify(c, out, num_shards, order, sig, pairs) -> np.ndarray:
 def held_out_ngrams(cfg: dict, out: str, shard: int, dropped: dict) -> np.ndarray:
     """Stage 3a: unique n-gram hashes of this shard's validation/test documents."""
     c = ml_collections.ConfigDict(cfg)
-    unique: list[np.ndarray] = [np.zeros(0, np.uint64)]
-    texts: list[str] = []
-
-    def flush() -> None:  # hash BATCH documents at a time: the kernels' buffers scale
-        if texts:        # with the bytes hashed at once, and held-out splits can be large
-            unique.append(np.unique(dedup.shingle_hashes(texts, c.decontaminate.ngram)[0]))
-            texts.clear()
-
-    for r in iter_spill(out, shard):
-        if r["split"] != "train" and r["o"] not in dropped:
-            texts.append(content_key(r["kind"], r["fields"]))
-            if len(texts) == BATCH:
-                flush()
-    flush()
-    return np.unique(np.concatenate(unique))
+    texts = (content_key(r["kind"], r["fields"]) for r in iter_spill(out, shard)
+             if r["split"] != "train" and r["o"] not in dropped)
+    return decontaminate.ngram_set(texts, c.decontaminate.ngram, BATCH)
 
 
 def contaminated(cfg: dict, out: str, shard: int, dropped: dict, ngrams: np.ndarray) -> list:
@@ -221,36 +209,10 @@ def contaminated(cfg: dict, out: str, shard: int, dropped: dict, ngrams: np.ndar
     hits: list[int] = []
     for s in range(0, len(rows), BATCH):
         chunk = rows[s:s + BATCH]
-        hashes, doc = dedup.shingle_hashes([content_key(r["kind"], r["fields"]) for r in chunk],
-                                           c.decontaminate.ngram)
-        bad = np.unique(doc[np.isin(hashes, ngrams)])
+        bad = decontaminate.sharing([content_key(r["kind"], r["fields"]) for r in chunk],
+                                    c.decontaminate.ngram, ngrams)
         hits.extend(chunk[i]["o"] for i in bad)
     return hits
-
-
-def mixture_weights(spec: str) -> list[tuple[str, float]]:
-    """Parse 'source=weight,...' into [(substring, weight)]."""
-    out = []
-    for item in (x.strip() for x in spec.split(",") if x.strip()):
-        name, sep, value = item.rpartition("=")
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = -1.0
-        if not sep or not name or weight < 0:
-            raise DataError(f"mixture.weights entry {item!r}: expected source=weight with "
-                            "weight >= 0")
-        out.append((name, weight))
-    return out
-
-
-def repeats(source: str, key: str, weights: list[tuple[str, float]]) -> int:
-    """How many copies of a training document the mixture asks for (hash-rounded)."""
-    w = next((w for name, w in weights if name in source), 1.0)
-    whole = int(w)
-    frac = w - whole
-    u = xxhash.xxh64_intdigest(key.encode("utf-8"), seed=7) / 2.0**64
-    return whole + int(u < frac)
 
 
 def tokenise_shard(cfg: dict, out: str, shard: int, dropped: dict, tok_dir: str,
