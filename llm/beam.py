@@ -32,13 +32,15 @@ class BeamOutput(NamedTuple):
     finish_reason: list[str]  # 'eos' | 'length'
 
 
-@partial(jax.jit, static_argnames=("graphdef", "beam_width", "max_len", "num_slots"))
+@partial(jax.jit, static_argnames=("graphdef", "beam_width", "max_len", "num_slots",
+                                   "unstack_layers"))
 def _beam_search(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
                  prompt_lengths_B: jax.Array, max_new: jax.Array, eos_ids: jax.Array,
                  length_penalty: jax.Array, *, beam_width: int, max_len: int,
-                 num_slots: int) -> tuple[jax.Array, ...]:
+                 num_slots: int, unstack_layers: bool) -> tuple[jax.Array, ...]:
     model = nnx.merge(graphdef, params)
-    model.unstack_layers()  # slice stacked weights once, not on every step
+    if unstack_layers:  # slice stacked weights once, not on every step (sampling.decode)
+        model.unstack_layers()
     cfg = model.cfg
     B, W, V, N = prompt_BP.shape[0], beam_width, cfg.padded_vocab, num_slots
     real_V = jnp.arange(V) < cfg.vocab_size
@@ -106,8 +108,11 @@ def _beam_search(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
 def beam_search(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BP: Any,
                 prompt_lengths_B: Any, *, beam_width: int, max_new_tokens: int,
                 max_len: int | None = None, eos_ids: Sequence[int] = (),
-                length_penalty: float = 0.0) -> BeamOutput:
-    """Highest-scoring continuation per row among `beam_width` beams (sum of log-probs)."""
+                length_penalty: float = 0.0, unstack_layers: bool = True) -> BeamOutput:
+    """Highest-scoring continuation per row among `beam_width` beams (sum of log-probs).
+
+    `unstack_layers`: as for `sampling.decode`.
+    """
     if beam_width < 1:
         raise ValueError(f"beam_width={beam_width}: expected >= 1")
     cfg = sampling.model_config(graphdef, params)
@@ -121,7 +126,7 @@ def beam_search(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BP: Any,
     out = jax.device_get(_beam_search(
         graphdef, params, padded_BP, lengths_B, np.int32(max_new_tokens),
         sampling.pad_ids(eos_ids), np.float32(length_penalty), beam_width=beam_width,
-        max_len=max_len, num_slots=max_len))
+        max_len=max_len, num_slots=max_len, unstack_layers=unstack_layers))
     tokens_BN, logprobs_BN, scores_B, lengths_B, eos_B = map(np.asarray, out)
     return BeamOutput(tokens_BN[:, :max_new_tokens], logprobs_BN[:, :max_new_tokens],
                       scores_B, lengths_B, ["eos" if e else "length" for e in eos_B])

@@ -103,7 +103,8 @@ class Sampler:
         found = beam.beam_search(
             self.graphdef, self.params, tokens_BP, [len(r) for r in ids],
             beam_width=beam_width, max_new_tokens=max_new_tokens, max_len=self.max_len,
-            eos_ids=[self.tokenizer.eos_id, *stop_token_ids], length_penalty=length_penalty)
+            eos_ids=[self.tokenizer.eos_id, *stop_token_ids], length_penalty=length_penalty,
+            unstack_layers=self.unstack_layers)
         reasons = [r if r == "length" or found.tokens_BN[b, found.lengths_B[b] - 1]
                    == self.tokenizer.eos_id else "stop"
                    for b, r in enumerate(found.finish_reason)]

@@ -258,7 +258,9 @@ def test_decoding_without_unstacking_gives_the_same_tokens(split):
     tokens_BP, lengths_B = ragged()
     sp = SamplingParams.create(4, temperature=0.8, seed=[1, 2, 3, 4], max_new_tokens=10)
     fast = sampling.generate(graphdef, params, tokens_BP, lengths_B, sp, max_len=MAX_LEN)
+    compiled = sampling._decode._cache_size()
     lean = sampling.generate(graphdef, params, tokens_BP, lengths_B, sp, max_len=MAX_LEN,
                              unstack_layers=False)
+    assert sampling._decode._cache_size() == compiled + 1  # the switch reached the jit
     np.testing.assert_array_equal(lean.tokens_BN, fast.tokens_BN)
     np.testing.assert_allclose(lean.logprobs_BN, fast.logprobs_BN, atol=1e-6)

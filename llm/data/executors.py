@@ -63,8 +63,3 @@ class Executor:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def run_stage(fn: Callable, args: Sequence[tuple], executor: str, num_workers: int) -> list:
-    """[fn(*a) for a in args], run by `executor` ('local' pool or 'ray') for one stage."""
-    with Executor(executor, num_workers) as ex:
-        return ex.run(fn, args)
