@@ -121,6 +121,42 @@ def suppress_tokens(logits_BV: jax.Array, token_ids: jax.Array, active_B: jax.Ar
     return jnp.where(active_B[:, None] & hit_V[None], NEG_INF, logits_BV)
 
 
+def _last_positive(x_BN: jax.Array) -> jax.Array:
+    """Per row, the index of the last entry > 0 (0 when there is none)."""
+    return jnp.max(jnp.where(x_BN > 0, jnp.arange(x_BN.shape[-1], dtype=jnp.int32), 0), -1)
+
+
+def _first_reaching(x_BNW: jax.Array, threshold_B: jax.Array, *, exceeding: bool = False
+                    ) -> jax.Array:
+    """Per row, the first flat index where the running sum of x_BNW (>= 0) reaches
+    threshold_B (or, with `exceeding`, passes it), clamped to the last positive entry.
+
+    Two short scans instead of one over the whole row: the running sum of block totals
+    finds the block, a running sum inside that block finds the entry. Float rounding can
+    only push the search past the last positive entry; the clamp brings it back, so for a
+    threshold > 0 (or any, with `exceeding`) an entry of zero is never returned.
+    """
+    W = x_BNW.shape[-1]
+    short_of = (lambda s, t: s <= t) if exceeding else (lambda s, t: s < t)
+    block_BN = x_BNW.sum(-1)
+    cum_BN = jnp.cumsum(block_BN, -1)
+    threshold_B1 = threshold_B[:, None]
+    block_B = jnp.minimum(jnp.sum(short_of(cum_BN, threshold_B1), -1),
+                          _last_positive(block_BN))
+    before_B = jnp.take_along_axis(cum_BN, jnp.maximum(block_B - 1, 0)[:, None], -1)[:, 0]
+    start_B1 = jnp.where(block_B > 0, before_B, 0.0)[:, None]
+    x_BW = jnp.take_along_axis(x_BNW, block_B[:, None, None], 1)[:, 0]
+    within_B = jnp.minimum(jnp.sum(short_of(start_B1 + jnp.cumsum(x_BW, -1), threshold_B1), -1),
+                           _last_positive(x_BW))
+    return block_B * W + within_B
+
+
+def _blocks(x_BV: jax.Array, block: int, fill: float) -> jax.Array:
+    """[B, V] → [B, V / block, block], padding the vocabulary with `fill`."""
+    B, V = x_BV.shape
+    return jnp.pad(x_BV, ((0, 0), (0, -V % block)), constant_values=fill).reshape(B, -1, block)
+
+
 def _ordered_keys(x: jax.Array) -> jax.Array:
     """float32 → uint32 keys with the same order (-inf lowest), so bisection is exact."""
     bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
@@ -202,6 +238,25 @@ def row_keys(seed_B: jax.Array, step_B: jax.Array) -> jax.Array:
     return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seed_B, step_B)
 
 
+def sample_categorical(logits_BV: jax.Array, keys_B: jax.Array, block: int = 128
+                       ) -> tuple[jax.Array, jax.Array]:
+    """One draw per row from softmax(logits_BV); returns (tokens_B, their log-probs).
+
+    Inverse CDF with one uniform per row (see `_first_reaching`): one pass over V, where
+    Gumbel-max would need V random numbers per row, most of a decode step's sampling time
+    on CPU. A -inf logit is never drawn.
+    """
+    max_B1 = jnp.max(logits_BV, -1, keepdims=True)
+    max_B1 = jnp.where(jnp.isfinite(max_B1), max_B1, 0.0)
+    p_BNW = _blocks(jnp.exp(logits_BV - max_B1), block, 0.0)
+    total_B = p_BNW.sum((1, 2))
+    u_B = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys_B)
+    # The drawn token is the first whose running mass exceeds u * total.
+    tokens_B = _first_reaching(p_BNW, u_B * total_B, exceeding=True).astype(jnp.int32)
+    chosen_B = jnp.take_along_axis(logits_BV, tokens_B[:, None], -1)[:, 0]
+    return tokens_B, chosen_B - max_B1[:, 0] - jnp.log(total_B)
+
+
 def choose_tokens(logits_BV: jax.Array, params: SamplingParams, keys_B: jax.Array,
                   prompt_seen_BV: jax.Array, counts_BV: jax.Array, n_new_B: jax.Array,
                   eos_stop_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -212,16 +267,12 @@ def choose_tokens(logits_BV: jax.Array, params: SamplingParams, keys_B: jax.Arra
     (0 for greedy rows, whose distribution is a point mass).
     """
     logits_BV = logits_BV.astype(jnp.float32)
-    model_logprobs_BV = jax.nn.log_softmax(logits_BV, axis=-1)
     penalised_BV = apply_penalties(logits_BV, prompt_seen_BV, counts_BV, params)
     penalised_BV = suppress_tokens(penalised_BV, eos_stop_ids, n_new_B < params.min_new_tokens)
-    filtered_BV = filter_logits(penalised_BV, params)
-    gumbel_BV = jax.vmap(lambda k: jax.random.gumbel(k, logits_BV.shape[-1:]))(keys_B)
-    sampled_B = argmax(filtered_BV + gumbel_BV)
+    sampled_B, sampled_logprobs_B = sample_categorical(filter_logits(penalised_BV, params),
+                                                       keys_B)
     greedy_B = params.temperature <= 0
     tokens_B = jnp.where(greedy_B, argmax(penalised_BV), sampled_B)
-    tokens_B = tokens_B.astype(jnp.int32)
-    sampling_logprobs_BV = jax.nn.log_softmax(filtered_BV, axis=-1)
-    pick = lambda x_BV: jnp.take_along_axis(x_BV, tokens_B[:, None], axis=-1)[:, 0]
-    sampling_logprobs_B = jnp.where(greedy_B, 0.0, pick(sampling_logprobs_BV))
-    return tokens_B, pick(model_logprobs_BV), sampling_logprobs_B
+    model_logprobs_B = (jnp.take_along_axis(logits_BV, tokens_B[:, None], -1)[:, 0]
+                        - jax.nn.logsumexp(logits_BV, -1))
+    return tokens_B, model_logprobs_B, jnp.where(greedy_B, 0.0, sampled_logprobs_B)

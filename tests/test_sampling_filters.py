@@ -7,10 +7,12 @@ import pytest
 
 from llm.sampling_filters import (
     SamplingParams,
+    _first_reaching,
     apply_penalties,
     choose_tokens,
     filter_logits,
     row_keys,
+    sample_categorical,
 )
 
 V = 128
@@ -131,3 +133,47 @@ def test_cutoffs_equal_a_sort_based_reference_with_ties_and_masked_entries():
         boundary = np.abs(mass_above - top_p_B[b]) < 1e-5  # float-sum order may differ here
         assert np.array_equal(kept_BV[b] | boundary, want | boundary), b
     assert kept_BV.sum(1).min() >= 1
+
+
+def test_inverse_cdf_search_matches_a_cumsum_reference_and_never_returns_a_zero():
+    """`_first_reaching` (block scan, then in-block scan) equals numpy's searchsorted on the
+    running sum; thresholds at or past the total land on the last positive entry."""
+    rng = np.random.default_rng(1)
+    x_BV = rng.exponential(1.0, (64, 384)).astype(np.float32)
+    x_BV[rng.random(x_BV.shape) < 0.3] = 0.0
+    x_BV[:, :5] = 0.0  # zeros at the start, inside the first block
+    x_BV[:, 250:] = 0.0  # a zero tail across a block boundary
+    cum_BV = np.cumsum(x_BV.astype(np.float64), -1)
+    total_B = cum_BV[:, -1]
+    first_B = np.array([np.flatnonzero(row).min() for row in x_BV])
+    last_B = np.array([np.flatnonzero(row).max() for row in x_BV])
+    frac_B = rng.uniform(0.001, 1.0, 64)
+    frac_B[:4] = [0.0, 1.0, 1.0 + 1e-6, 1.5]
+    threshold_B = (frac_B * total_B).astype(np.float32)
+    blocks = jnp.asarray(x_BV).reshape(64, 3, 128)
+    for exceeding, side, rows in ((True, "right", slice(0, 64)), (False, "left", slice(1, 64))):
+        got_B = np.asarray(_first_reaching(blocks, jnp.asarray(threshold_B),
+                                           exceeding=exceeding))[rows]
+        want_B = np.minimum(last_B, [np.searchsorted(c, t, side) for c, t in
+                                     zip(cum_BV, threshold_B, strict=True)])[rows]
+        assert np.all(x_BV[rows][np.arange(len(got_B)), got_B] > 0), exceeding
+        # float32 block sums may round differently from the float64 reference
+        near_B = np.abs(cum_BV[rows][np.arange(len(got_B)), want_B] - threshold_B[rows]) \
+            < 1e-5 * total_B[rows]
+        assert np.all((got_B == want_B) | near_B), (exceeding, got_B, want_B)
+    got_B = np.asarray(_first_reaching(blocks, jnp.asarray(threshold_B), exceeding=True))
+    assert got_B[0] == first_B[0]  # u = 0 draws the first token that has mass
+    np.testing.assert_array_equal(got_B[1:4], last_B[1:4])
+
+
+def test_sample_categorical_log_probs_and_masked_tokens():
+    """Drawn tokens are never -inf logits; the returned log-prob is log_softmax's."""
+    rng = np.random.default_rng(2)
+    logits_BV = rng.normal(0, 3, (512, 300)).astype(np.float32)
+    logits_BV[:, ::3] = -np.inf
+    keys_B = row_keys(jnp.arange(512), jnp.zeros(512, jnp.int32))
+    tokens_B, logprobs_B = jax.jit(sample_categorical)(jnp.asarray(logits_BV), keys_B)
+    tokens_B = np.asarray(tokens_B)
+    assert np.all(np.isfinite(logits_BV[np.arange(512), tokens_B]))
+    want_B = np.asarray(jax.nn.log_softmax(logits_BV, -1))[np.arange(512), tokens_B]
+    np.testing.assert_allclose(logprobs_B, want_B, atol=1e-5)
