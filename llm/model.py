@@ -12,6 +12,7 @@ maps them onto the mesh, so this file knows nothing about devices.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -161,6 +162,27 @@ class Dense(nnx.Module):
         return y
 
 
+def fused_dense(x: jax.Array, denses: list[Dense]) -> list[jax.Array]:
+    """Several Dense layers applied to one input, as one matmul over their concatenated
+    kernels when all are plain `Dense` (else, e.g. LoRA or quantised, each on its own).
+
+    For decode: one weight stream instead of several small matmuls per layer. Inside a
+    jitted loop the concatenation of loop-invariant weights is hoisted out of the loop.
+    """
+    if not all(type(d) is Dense for d in denses):
+        return [d(x) for d in denses]
+    dtype = denses[0].dtype
+    kernel = jnp.concatenate([d.kernel[...].astype(dtype) for d in denses], -1)
+    y = jnp.dot(x.astype(dtype).reshape(-1, x.shape[-1]), kernel)
+    y = y.reshape(*x.shape[:-1], kernel.shape[-1])
+    if any(d.bias is not None for d in denses):
+        y = y + jnp.concatenate([
+            d.bias[...].astype(dtype) if d.bias is not None else
+            jnp.zeros(d.kernel.shape[-1], dtype) for d in denses])
+    splits = list(itertools.accumulate(d.kernel.shape[-1] for d in denses))[:-1]
+    return jnp.split(y, splits, axis=-1)
+
+
 class Norm(nnx.Module):
     """RMSNorm (LLaMA) or LayerNorm with bias (GPT-2), computed in float32."""
 
@@ -236,9 +258,14 @@ class Attention(nnx.Module):
         cfg = self.cfg
         B, T, _ = x_BTD.shape
         H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        q_BTHE = self.q_proj(x_BTD).reshape(B, T, H, E)
-        k_BTKE = self.k_proj(x_BTD).reshape(B, T, K, E)
-        v_BTKE = self.v_proj(x_BTD).reshape(B, T, K, E)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if cache is not None:  # decode: one matmul (no gradient pays for the concatenation)
+            q_BTX, k_BTX, v_BTX = fused_dense(x_BTD, list(projections))
+        else:
+            q_BTX, k_BTX, v_BTX = (proj(x_BTD) for proj in projections)
+        q_BTHE = q_BTX.reshape(B, T, H, E)
+        k_BTKE = k_BTX.reshape(B, T, K, E)
+        v_BTKE = v_BTX.reshape(B, T, K, E)
         if self.q_norm is not None:
             q_BTHE, k_BTKE = self.q_norm(q_BTHE), self.k_norm(k_BTKE)
         if cfg.family == "llama":
@@ -297,8 +324,12 @@ class MLP(nnx.Module):
         self.up_proj = Dense(D, F, ("embed", "mlp"), cfg, rngs, use_bias=bias)
         self.down_proj = Dense(F, D, ("mlp", "embed"), cfg, rngs, use_bias=bias)
 
-    def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        if self.gated:
+    def __call__(self, x_BTD: jax.Array, fuse: bool = False) -> jax.Array:
+        """`fuse` (decode) runs gate and up as one matmul; see `fused_dense`."""
+        if self.gated and fuse:
+            gate_BTF, up_BTF = fused_dense(x_BTD, [self.gate_proj, self.up_proj])
+            h_BTF = jax.nn.silu(gate_BTF) * up_BTF
+        elif self.gated:
             h_BTF = jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD)
         else:
             h_BTF = jax.nn.gelu(self.up_proj(x_BTD), approximate=True)
@@ -327,7 +358,8 @@ class Block(nnx.Module):
         h_BTD, cache = self.attn(self.attn_norm(x_BTD), positions_BT, segments_BT, cache,
                                  rngs[0])
         x_BTD = x_BTD + _dropout(h_BTD, self.resid_dropout, rngs[1])
-        x_BTD = x_BTD + _dropout(self.mlp(self.mlp_norm(x_BTD)), self.resid_dropout, rngs[2])
+        mlp_BTD = self.mlp(self.mlp_norm(x_BTD), fuse=cache is not None)
+        x_BTD = x_BTD + _dropout(mlp_BTD, self.resid_dropout, rngs[2])
         return x_BTD, cache
 
 

@@ -202,6 +202,17 @@ def _cutoff_key_B(logits_BV: jax.Array, top_k_B: jax.Array, top_p_B: jax.Array
     return jnp.where(top_p_B < 1.0, jnp.maximum(p_cut_B, k_cut_B), k_cut_B)
 
 
+def _cutoff_key_in_halves_B(logits_BV: jax.Array, top_k_B: jax.Array, top_p_B: jax.Array
+                            ) -> jax.Array:
+    """`_cutoff_key_B` on each half of the rows: two independent chains of bisection passes,
+    which XLA:CPU's executor runs on two cores at once (about 1.4x faster at batch 8)."""
+    half = logits_BV.shape[0] // 2
+    if half == 0:
+        return _cutoff_key_B(logits_BV, top_k_B, top_p_B)
+    return jnp.concatenate([_cutoff_key_B(logits_BV[rows], top_k_B[rows], top_p_B[rows])
+                            for rows in (slice(0, half), slice(half, None))])
+
+
 def filter_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
     """Temperature, top-k, top-p, min-p: logits of the distribution actually sampled from.
 
@@ -215,7 +226,7 @@ def filter_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
     keys_BV = _ordered_keys(logits_BV)
     cut_key_B = jax.lax.cond(
         jnp.any((params.top_k > 0) | (params.top_p < 1.0)),
-        lambda: _cutoff_key_B(logits_BV, params.top_k, params.top_p),
+        lambda: _cutoff_key_in_halves_B(logits_BV, params.top_k, params.top_p),
         lambda: jnp.zeros(logits_BV.shape[:1], jnp.uint32))
     logits_BV = jnp.where(keys_BV >= cut_key_B[:, None], logits_BV, NEG_INF)
     # min-p: keep tokens with p >= min_p * p_max, i.e. logit >= max + log(min_p).

@@ -48,9 +48,18 @@ def test_scan_and_unrolled_layers_agree():
     np.testing.assert_allclose(scanned, unrolled, atol=1e-5)
 
 
-@pytest.mark.parametrize("scan", [True, False])
-def test_cached_decode_equals_full_forward(scan):
-    model = build(scan_layers=scan)
+@pytest.mark.parametrize("scan, variant", [
+    (True, {}), (False, {}),
+    # biases exercise the fused q|k|v decode matmul's concatenated bias
+    (True, {"qkv_bias": True}), (True, {"family": "gpt2"})])
+def test_cached_decode_equals_full_forward(scan, variant):
+    model = build(scan_layers=scan, **variant)
+    state = nnx.state(model, nnx.Param)  # biases start at 0: make them count
+    noisy = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.1 * jax.random.normal(jax.random.key(len(path)), x.shape)
+        if "bias" in jax.tree_util.keystr(path) else x, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, noisy)
+    nnx.update(model, state)
     tokens = jax.random.randint(jax.random.key(4), (2, 10), 0, 200)
     full, _ = model(tokens)
     cache = init_cache(model.cfg, 2, 16)
