@@ -290,9 +290,10 @@ class Attention(nnx.Module):
         else:
             mask_BTS = attn_lib.visibility_mask(positions_BT, positions_BT, segments_BT,
                                                 segments_BT, cfg.sliding_window or None)
+            # causal by index too, as the cuDNN and splash kernels are
             out_BTHE = attn_lib.xla_attention(
                 q_BTHE, k_BTKE, v_BTKE, mask_BTS, dropout_rate=cfg.attn_dropout,
-                dropout_rng=dropout_rng)
+                dropout_rng=dropout_rng, causal=True)
 
         if cfg.prefix_len:
             out_BTHE = out_BTHE + self._prefix_attention(q_BTHE)

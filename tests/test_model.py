@@ -133,22 +133,27 @@ def _reference_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS):
     return jnp.einsum("bhts,bshe->bthe", jax.nn.softmax(scores_BHTS, -1), v_BSHE)
 
 
-def test_xla_attention_values_and_gradients_match_textbook_attention():
+@pytest.mark.parametrize("T, blocks", [(7, 1), (128, 4), (256, 8)])
+def test_xla_attention_values_and_gradients_match_textbook_attention(T, blocks):
+    """Also with the causal query blocks (each skips the keys after it) of longer rows."""
     from llm import attention
 
-    B, T, H, K, E = 2, 7, 4, 2, 8
+    assert len(attention._query_blocks(T, T, causal=True)) == blocks
+    B, H, K, E = 2, 4, 2, 8
     rng = np.random.default_rng(0)
     q, k, v, dout = (jnp.asarray(rng.normal(size=(B, T, n, E)), jnp.float32)
                      for n in (H, K, K, H))
     positions = jnp.asarray(np.tile(np.arange(T), (B, 1)))
-    segments = jnp.asarray([[1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1]])
+    # three documents whose boundaries fall inside blocks, and one unpacked row
+    segments = jnp.asarray(np.stack([np.repeat([1, 2, 3], [T // 3, T // 3, T - 2 * (T // 3)]),
+                                     np.ones(T, int)]))
     mask = attention.visibility_mask(positions, positions, segments, segments)
 
-    def pullback(fn):
-        out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, mask), q, k, v)
+    def pullback(fn, **kwargs):
+        out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, mask, **kwargs), q, k, v)
         return out, vjp(dout)
 
-    out, grads = pullback(attention.xla_attention)
+    out, grads = pullback(attention.xla_attention, causal=True)
     want_out, want_grads = pullback(_reference_attention)
     np.testing.assert_allclose(out, want_out, atol=1e-5)
     for got, want in zip(grads, want_grads, strict=True):
