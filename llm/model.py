@@ -254,7 +254,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array,
                  segments_BT: jax.Array | None, cache: dict | None,
-                 dropout_rng: jax.Array | None) -> tuple[jax.Array, dict | None]:
+                 dropout_rng: jax.Array | None, kv_window: int | None = None
+                 ) -> tuple[jax.Array, dict | None]:
         cfg = self.cfg
         B, T, _ = x_BTD.shape
         H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -277,11 +278,12 @@ class Attention(nnx.Module):
             k_BKES, v_BKSE = attn_lib.update_cache(cache["k"], cache["v"], k_BTKE, v_BTKE,
                                                    positions_BT)
             cache = {"k": k_BKES, "v": v_BKSE}
-            S = v_BKSE.shape[2]
+            S = kv_window or v_BKSE.shape[2]  # slots >= kv_window are never attended
             kv_positions_BS = jnp.broadcast_to(jnp.arange(S)[None], (B, S))
             mask_BTS = attn_lib.visibility_mask(positions_BT, kv_positions_BS, None, None,
                                                 cfg.sliding_window or None)
-            out_BTHE = attn_lib.cached_attention(q_BTHE, k_BKES, v_BKSE, mask_BTS)
+            out_BTHE = attn_lib.cached_attention(q_BTHE, k_BKES[..., :S], v_BKSE[:, :, :S],
+                                                 mask_BTS)
         elif cfg.attention == "cudnn":
             out_BTHE = attn_lib.cudnn_attention(q_BTHE, k_BTKE, v_BTKE,
                                                 segments_given=segments_BT is not None)
@@ -354,10 +356,10 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs)
         self.resid_dropout = cfg.resid_dropout
 
-    def __call__(self, x_BTD, positions_BT, segments_BT, cache, dropout_rng):
+    def __call__(self, x_BTD, positions_BT, segments_BT, cache, dropout_rng, kv_window=None):
         rngs = [None] * 3 if dropout_rng is None else list(jax.random.split(dropout_rng, 3))
         h_BTD, cache = self.attn(self.attn_norm(x_BTD), positions_BT, segments_BT, cache,
-                                 rngs[0])
+                                 rngs[0], kv_window)
         x_BTD = x_BTD + _dropout(h_BTD, self.resid_dropout, rngs[1])
         mlp_BTD = self.mlp(self.mlp_norm(x_BTD), fuse=cache is not None)
         x_BTD = x_BTD + _dropout(mlp_BTD, self.resid_dropout, rngs[2])
@@ -393,13 +395,20 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
                  segment_ids_BT: jax.Array | None = None, cache: dict | None = None,
-                 dropout_rng: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
-        """Return (logits_BTV in float32 with padded entries masked, updated cache)."""
-        h_BTD, cache = self.hidden(tokens_BT, positions_BT, segment_ids_BT, cache, dropout_rng)
+                 dropout_rng: jax.Array | None = None, kv_window: int | None = None
+                 ) -> tuple[jax.Array, dict | None]:
+        """Return (logits_BTV in float32 with padded entries masked, updated cache).
+
+        `kv_window` (static; cached passes only): attend to the first kv_window cache slots
+        only, which the caller guarantees hold every position its queries may see. Decode
+        loops use it to read only the filled part of a long cache.
+        """
+        h_BTD, cache = self.hidden(tokens_BT, positions_BT, segment_ids_BT, cache, dropout_rng,
+                                   kv_window)
         return self.logits(h_BTD), cache
 
     def hidden(self, tokens_BT, positions_BT=None, segment_ids_BT=None, cache=None,
-               dropout_rng=None) -> tuple[jax.Array, dict | None]:
+               dropout_rng=None, kv_window=None) -> tuple[jax.Array, dict | None]:
         """Final-normed hidden states h_BTD (for heads and chunked losses) and the cache."""
         cfg = self.cfg
         B, T = tokens_BT.shape
@@ -414,10 +423,12 @@ class Transformer(nnx.Module):
             x_BTD = _dropout(x_BTD, cfg.embed_dropout, embed_rng)
         layer_rngs = None if dropout_rng is None else jax.random.split(dropout_rng,
                                                                        cfg.n_layers)
-        x_BTD, cache = self._run_layers(x_BTD, positions_BT, segment_ids_BT, cache, layer_rngs)
+        x_BTD, cache = self._run_layers(x_BTD, positions_BT, segment_ids_BT, cache, layer_rngs,
+                                        kv_window)
         return self.final_norm(x_BTD), cache
 
-    def _run_layers(self, x_BTD, positions_BT, segments_BT, cache, layer_rngs):
+    def _run_layers(self, x_BTD, positions_BT, segments_BT, cache, layer_rngs,
+                    kv_window=None):
         cfg = self.cfg
         policy = REMAT_POLICIES[cfg.remat]
 
@@ -434,7 +445,8 @@ class Transformer(nnx.Module):
             # stacked arrays on each decode step, which costs more than the step's matmuls.
             new_cache = []
             for i, block in enumerate(self._blocks()):
-                x_BTD, layer_cache = block(x_BTD, positions_BT, segments_BT, cache[i], None)
+                x_BTD, layer_cache = block(x_BTD, positions_BT, segments_BT, cache[i], None,
+                                           kv_window)
                 new_cache.append(layer_cache)
             return x_BTD, new_cache
 

@@ -1,10 +1,15 @@
-"""Jit-compiled sampling: one prefill pass, then one `lax.while_loop` of cached decode steps.
+"""Jit-compiled sampling: one prefill pass, then `lax.while_loop`s of cached decode steps.
 
 The sampler runs the training model's own forward (`nnx.merge(graphdef, params)` inside
 jit, parameters passed as arguments, never closed over) with a preallocated KV cache.
 Ragged prompts are right-padded; row b's prompt occupies positions [0, len_b) and its i-th
 new token is written at cache slot len_b + i, overwriting the pad garbage that prefill left
 there (attention only sees slots <= the query's position, so padding is never attended).
+
+Decode runs in one jitted call as up to three consecutive while loops, one per cache
+window (`decode_windows`: a quarter, a half, then all of the cache): while every running
+row's position fits the window, attention reads only those slots, so early steps skip the
+cache's empty tail. One loop with a `lax.switch` per step measured 40% slower on CPU.
 
 Compile key: (graphdef, batch, prompt bucket, max_len, mesh, eos/stop-id slots (8 a block)).
 Prompt lengths are bucketed (powers of two up to 64, then multiples of 64); every sampling
@@ -190,21 +195,39 @@ def _decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, max_steps: 
         # of the scan-stacked weights on every step (costing more than the step's matmuls).
         model.unstack_layers()
 
-    def cond(carry):
-        state, steps = carry
-        return jnp.logical_not(jnp.all(state.done_B)) & (steps < max_steps)
+    def next_positions_B(state: DecodeState) -> jax.Array:
+        return state.prompt_lengths_B + state.n_new_B - 1  # each row's last token
 
-    def body(carry):
-        state, steps = carry
-        positions_B1 = (state.prompt_lengths_B + state.n_new_B - 1)[:, None]
-        logits_B1V, cache = model(state.last_token_B[:, None], positions_B1,
-                                  cache=state.cache)
-        state = state._replace(cache=_constrain_cache(cache, cfg, mesh),
-                               steps=state.steps + 1)
-        return _choose_and_record(state, logits_B1V[:, 0], max_len), steps + 1
+    def loop(window: int, carry: tuple[DecodeState, jax.Array]) -> tuple:
+        """Decode while every running row's next position lies inside the first `window`
+        cache slots; attention then reads only those slots."""
+        def cond(carry):
+            state, steps = carry
+            inside_B = (next_positions_B(state) < window) | state.done_B
+            return jnp.logical_not(jnp.all(state.done_B)) & (steps < max_steps) & jnp.all(
+                inside_B)
 
-    state, _ = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
-    return state
+        def body(carry):
+            state, steps = carry
+            logits_B1V, cache = model(state.last_token_B[:, None],
+                                      next_positions_B(state)[:, None], cache=state.cache,
+                                      kv_window=window)
+            state = state._replace(cache=_constrain_cache(cache, cfg, mesh),
+                                   steps=state.steps + 1)
+            return _choose_and_record(state, logits_B1V[:, 0], max_len), steps + 1
+
+        return jax.lax.while_loop(cond, body, carry)
+
+    carry = (state, jnp.zeros((), jnp.int32))
+    for window in decode_windows(max_len):
+        carry = loop(window, carry)
+    return carry[0]
+
+
+def decode_windows(max_len: int) -> list[int]:
+    """Cache prefixes the decode loop attends over as rows grow: a quarter, a half, then all
+    of the cache (rounded up to multiples of 64), so early steps skip the empty slots."""
+    return sorted({min(max_len, -(-max_len * n // 4 // 64) * 64) for n in (1, 2, 4)})
 
 
 def pad_ids(ids: Sequence[int] | None) -> np.ndarray:

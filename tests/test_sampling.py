@@ -69,6 +69,18 @@ def test_greedy_cache_decode_equals_full_recompute_ragged(split):
     np.testing.assert_array_equal(out_wide.tokens_BN, out.tokens_BN)
 
 
+def test_greedy_decode_across_cache_windows_equals_full_recompute(split):
+    """Rows cross the 64-slot window at different steps; each step must still see every
+    filled slot (the loop widens the window before any running row outgrows it)."""
+    graphdef, params = split
+    assert sampling.decode_windows(128) == [64, 128]
+    tokens_BP, lengths_B = ragged()
+    sp = SamplingParams.create(4, temperature=0.0, max_new_tokens=[100, 60, 110, 80])
+    out = sampling.generate(graphdef, params, tokens_BP, lengths_B, sp, max_len=128)
+    np.testing.assert_array_equal(out.lengths_B, [100, 60, 110, 80])
+    assert_greedy_matches_recompute(graphdef, params, PROMPTS, out)
+
+
 def test_sampled_logprobs_equal_training_forward(split):
     graphdef, params = split
     tokens_BP, lengths_B = ragged()
