@@ -44,6 +44,17 @@ def test_loss_drops_and_step_compiles_once(tmp_path):
     assert saved["total_steps"] == 60 and saved["model"]["d_model"] == 64
 
 
+def test_rerunning_a_finished_run_trains_nothing_and_returns_its_evaluation(tmp_path):
+    config = config_for(tmp_path, "total_steps=20")
+    first = train(config, SyntheticTask(config))
+    log = (tmp_path / "metrics.jsonl").read_text()
+    config = config_for(tmp_path, "total_steps=20")
+    again = train(config, SyntheticTask(config))
+    assert again["step"] == 20
+    np.testing.assert_allclose(again["eval_loss"], first["eval_loss"], rtol=1e-6)
+    assert (tmp_path / "metrics.jsonl").read_text() == log  # nothing logged twice
+
+
 def test_spikes_are_skipped_on_device_and_counted(tmp_path):
     config = config_for(tmp_path, "train.skip_spikes=true", "train.spike_warmup=3",
                         "train.spike_sigma=0.0", "total_steps=12", "eval.every_steps=0",

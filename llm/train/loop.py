@@ -252,6 +252,17 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
                 print(f"early stopping at step {step}: no eval improvement in "
                       f"{config.eval.patience} evaluations", flush=True)
                 break
+        if step == start_step and step >= total_steps:
+            # The same command rerun after the run finished: nothing to train, but callers
+            # (scripts, sweeps) still get the finished state's evaluation.
+            print(f"run already complete at step {step} of {total_steps}; evaluating it",
+                  flush=True)
+            if eval_data is not None and config.eval.every_steps > 0:
+                final_metrics.update(_evaluate(eval_step, state["params"], frozen, eval_data,
+                                               mesh, config, task))
+                final_metrics.update(task.evaluate(nnx.merge(graphdef, state["params"],
+                                                             frozen), step))
+                print(" | ".join(f"{k} {v:.4f}" for k, v in final_metrics.items()), flush=True)
         if pending is not None:
             _report(pending, writer, config, total_steps, first_step, last_read,
                     flops_per_token, peak_flops, final_metrics)
