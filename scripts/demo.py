@@ -184,7 +184,9 @@ def _headline(name: str, result: dict) -> str:
         counts = report.get("summary", report)
         return f"prepared {result['prepared']}: " + json.dumps(counts)[:300]
     if name == "pretrain":
-        return (f"train loss {result.get('loss', float('nan')):.3f}, validation perplexity "
+        trained = (f"train loss {result['loss']:.3f}" if "loss" in result
+                   else "already trained (rerun)")
+        return (f"{trained}, validation perplexity "
                 f"{result.get('eval_perplexity', float('nan')):.1f} after {result['step']} "
                 "steps")
     if name == "sample":
