@@ -80,7 +80,10 @@ def xla_attention(
     B, T, H, E = q_BTHE.shape
     K = k_BSKE.shape[2]
     if causal:
-        mask_BTS = mask_BTS & jnp.tril(jnp.ones((T, k_BSKE.shape[1]), bool))
+        if k_BSKE.shape[1] != T:
+            raise ValueError(f"causal=True is for self-attention: {T} queries but "
+                             f"{k_BSKE.shape[1]} keys")
+        mask_BTS = mask_BTS & jnp.tril(jnp.ones((T, T), bool))
     q_BKGTE = jnp.transpose((q_BTHE * jnp.asarray(E**-0.5, q_BTHE.dtype)).reshape(
         B, T, K, H // K, E), (0, 2, 3, 1, 4))
     k_BKSE = jnp.swapaxes(k_BSKE, 1, 2)

@@ -183,6 +183,12 @@ def fused_dense(x: jax.Array, denses: list[Dense]) -> list[jax.Array]:
     return jnp.split(y, splits, axis=-1)
 
 
+def _is_decode_step(x_BTD: jax.Array, cache: Any) -> bool:
+    """One new token per row against a cache: the matmuls that `fused_dense` speeds up.
+    (Prefill would pay the weight concatenation once per call for little gain.)"""
+    return cache is not None and x_BTD.shape[1] == 1
+
+
 class Norm(nnx.Module):
     """RMSNorm (LLaMA) or LayerNorm with bias (GPT-2), computed in float32."""
 
@@ -260,7 +266,7 @@ class Attention(nnx.Module):
         B, T, _ = x_BTD.shape
         H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        if cache is not None:  # decode: one matmul (no gradient pays for the concatenation)
+        if _is_decode_step(x_BTD, cache):  # one matmul; no gradient pays for the concat
             q_BTX, k_BTX, v_BTX = fused_dense(x_BTD, list(projections))
         else:
             q_BTX, k_BTX, v_BTX = (proj(x_BTD) for proj in projections)
@@ -278,6 +284,9 @@ class Attention(nnx.Module):
             k_BKES, v_BKSE = attn_lib.update_cache(cache["k"], cache["v"], k_BTKE, v_BTKE,
                                                    positions_BT)
             cache = {"k": k_BKES, "v": v_BKSE}
+            if kv_window is not None and not 0 < kv_window <= v_BKSE.shape[2]:
+                raise ValueError(f"kv_window={kv_window}: expected 1..{v_BKSE.shape[2]} "
+                                 "(the cache length)")
             S = kv_window or v_BKSE.shape[2]  # slots >= kv_window are never attended
             kv_positions_BS = jnp.broadcast_to(jnp.arange(S)[None], (B, S))
             mask_BTS = attn_lib.visibility_mask(positions_BT, kv_positions_BS, None, None,
@@ -361,7 +370,7 @@ class Block(nnx.Module):
         h_BTD, cache = self.attn(self.attn_norm(x_BTD), positions_BT, segments_BT, cache,
                                  rngs[0], kv_window)
         x_BTD = x_BTD + _dropout(h_BTD, self.resid_dropout, rngs[1])
-        mlp_BTD = self.mlp(self.mlp_norm(x_BTD), fuse=cache is not None)
+        mlp_BTD = self.mlp(self.mlp_norm(x_BTD), fuse=_is_decode_step(x_BTD, cache))
         x_BTD = x_BTD + _dropout(mlp_BTD, self.resid_dropout, rngs[2])
         return x_BTD, cache
 

@@ -158,3 +158,17 @@ def test_xla_attention_values_and_gradients_match_textbook_attention(T, blocks):
     np.testing.assert_allclose(out, want_out, atol=1e-5)
     for got, want in zip(grads, want_grads, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_bad_kv_window_and_non_self_causal_attention_are_clear_errors():
+    from llm import attention
+
+    model = build()
+    cache = init_cache(model.cfg, 1, 16)
+    with pytest.raises(ValueError, match="kv_window=32: expected 1..16"):
+        model(jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32), cache=cache,
+              kv_window=32)
+    q = jnp.zeros((1, 4, 4, 8))
+    kv = jnp.zeros((1, 6, 2, 8))
+    with pytest.raises(ValueError, match="self-attention: 4 queries but 6 keys"):
+        attention.xla_attention(q, kv, kv, jnp.ones((1, 4, 6), bool), causal=True)
