@@ -118,19 +118,25 @@ def test_greedy_on_8_device_mesh_equals_single_device(split):
     np.testing.assert_allclose(out_m.logprobs_BN, out_1.logprobs_BN, atol=1e-5)
 
 
-def test_chunked_decode_carries_cache(split):
+@pytest.mark.parametrize("cache_len, new_tokens, chunk", [
+    (MAX_LEN, 15, 4),
+    (128, 90, 25),  # chunks that start inside one cache window and end in the next
+])
+def test_chunked_decode_carries_cache(split, cache_len, new_tokens, chunk):
     graphdef, params = split
     tokens_BP, lengths_B = ragged()
-    sp = SamplingParams.create(4, temperature=0.9, seed=[5, 6, 7, 8], max_new_tokens=15)
-    whole = sampling.generate(graphdef, params, tokens_BP, lengths_B, sp, max_len=MAX_LEN)
+    sp = SamplingParams.create(4, temperature=0.9, seed=[5, 6, 7, 8],
+                               max_new_tokens=new_tokens)
+    whole = sampling.generate(graphdef, params, tokens_BP, lengths_B, sp, max_len=cache_len)
     state, max_len = sampling.prefill(graphdef, params, tokens_BP, lengths_B, sp,
-                                      max_len=MAX_LEN)
+                                      max_len=cache_len)
     steps = 0
     while not bool(np.all(np.asarray(state.done_B))):
-        state = sampling.decode(graphdef, params, state, max_len=max_len, max_steps=4)
+        state = sampling.decode(graphdef, params, state, max_len=max_len, max_steps=chunk)
         steps += 1
     chunked = sampling.to_output(state)
-    assert steps == 4  # 1 token from prefill + 14 decode steps in chunks of 4
+    # 1 token from prefill, the rest from decode calls of `chunk` steps each
+    assert steps == -(-(new_tokens - 1) // chunk)
     np.testing.assert_array_equal(chunked.tokens_BN, whole.tokens_BN)
     np.testing.assert_allclose(chunked.logprobs_BN, whole.logprobs_BN, atol=1e-6)
 
