@@ -39,7 +39,8 @@ from llm import sharding as sharding_lib
 from llm.sampling_filters import SamplingParams, choose_tokens, row_keys
 
 __all__ = ["SamplingParams", "GenerateOutput", "DecodeState", "generate", "prefill", "decode",
-           "bucket_length", "FINISH_REASONS", "finish_reasons", "reshard_for_decode"]
+           "bucket_length", "decode_windows", "FINISH_REASONS", "finish_reasons",
+           "reshard_for_decode"]
 
 # finish codes stored on device; index into FINISH_REASONS on the host.
 RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
