@@ -72,6 +72,44 @@ def device_peak_flops() -> tuple[float, str]:
     return measure_peak(), "measured jitted fp32 matmul on this host"
 
 
+# Memory bandwidth (bytes/s) per device from datasheets; CPU bandwidth is measured instead.
+# Longer names first: "h100 pcie" must match before "h100".
+PEAK_BANDWIDTH = {"h100 pcie": 2.0e12, "h100": 3.35e12, "h200": 4.8e12, "a100": 2.04e12,
+                  "v4": 1.2e12, "v5e": 0.819e12, "v5p": 2.765e12, "v6e": 1.64e12}
+
+
+def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Bytes/s of a jitted sum over a float32 array far larger than any cache (device 0)."""
+    if "bandwidth" in _measured_peak:
+        return _measured_peak["bandwidth"]
+    x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    _measured_peak["bandwidth"] = x.nbytes / best
+    return _measured_peak["bandwidth"]
+
+
+def device_memory_bandwidth() -> tuple[float, str]:
+    """(memory bandwidth of one device in bytes/s, how it was obtained)."""
+    device = jax.devices()[0]
+    kind = device.device_kind.lower()
+    for name, bandwidth in PEAK_BANDWIDTH.items():
+        if name in kind:
+            return bandwidth, f"{device.device_kind} datasheet memory bandwidth"
+    return measure_bandwidth(), "measured jitted sum of 256 MiB on this host"
+
+
+def decode_weight_bytes(cfg: ModelConfig) -> int:
+    """Bytes of weights one decode step must stream: every matmul weight incl. the LM head
+    (the input embedding is a gather of B rows), in the parameter dtype."""
+    return matmul_params(cfg) * jnp.dtype(cfg.param_dtype).itemsize
+
+
 def _read_records(path: pathlib.Path) -> list[bytes]:
     """TFRecord framing: u64 length, u32 crc, data, u32 crc."""
     records, data = [], path.read_bytes()

@@ -7,6 +7,12 @@ transformers `LlamaForCausalLM`; both sample `--new_tokens` tokens with top-p 0.
 temperature 0.7 after a `--prompt_len`-token prompt, at each batch size. Tokens/s counts
 new tokens (batch * new_tokens) over the whole call, prefill included, best of --repeats
 after one warm-up call (which compiles). Prints a table; the last line is one JSON object.
+
+Batch-1 decode is memory-bound, so the JSON also holds `b1_weight_bandwidth_fraction`: the
+bytes of weights a step streams (`llm.metrics.decode_weight_bytes`) times steps/s, over the
+device's memory bandwidth (datasheet on GPU/TPU, a measured large jitted sum on CPU). It
+counts prefill time against decode and ignores KV-cache reads, so it understates.
+`--size=1b --dtype=bfloat16` on a GPU gives the issue's HBM-bandwidth figure.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from llm import sampling
+from llm import metrics, sampling
 from llm.model import ModelConfig, Transformer
 
 FLAGS = flags.FLAGS
@@ -32,21 +38,23 @@ flags.DEFINE_integer("prompt_len", 16, "Prompt tokens per row.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per setting (the best is reported).")
 flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
 flags.DEFINE_float("top_p", 0.9, "Nucleus mass.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                  "Parameter and compute dtype of the model (the peer stays float32).")
 
 # The `small` size, used when configs/models.py is not on this branch.
 SMALL = dict(family="llama", vocab_size=8192, d_model=256, n_layers=6, n_heads=8,
              n_kv_heads=4, head_dim=32, d_ff=704, max_seq_len=1024)
 
 
-def model_config(size: str) -> ModelConfig:
+def model_config(size: str, dtype: str = "float32") -> ModelConfig:
     """The named size from configs/models.py, or the local `small` definition."""
     try:
         from configs.models import SIZES
     except ImportError:
         if size != "small":
             raise
-        return ModelConfig(**SMALL)
-    return ModelConfig(**SIZES[size])
+        SIZES = {"small": SMALL}
+    return ModelConfig(**{**SIZES[size], "dtype": dtype, "param_dtype": dtype})
 
 
 def best_time(fn, repeats: int) -> float:
@@ -136,13 +144,13 @@ def logits_parity(graphdef, params, hf, prompt_BP: np.ndarray) -> float:
 
 def main(argv):
     del argv
-    cfg = model_config(FLAGS.size)
+    cfg = model_config(FLAGS.size, FLAGS.dtype)
     graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
     hf = to_hf(cfg, params) if FLAGS.peer == "hf" else None
     rng = np.random.default_rng(0)
     results = {"size": FLAGS.size, "new_tokens": FLAGS.new_tokens,
                "prompt_len": FLAGS.prompt_len, "top_p": FLAGS.top_p,
-               "temperature": FLAGS.temperature, "peer": FLAGS.peer,
+               "temperature": FLAGS.temperature, "peer": FLAGS.peer, "dtype": FLAGS.dtype,
                "backend": jax.default_backend(), "machine": platform.processor() or
                platform.machine()}
     prompts = {batch: rng.integers(0, cfg.vocab_size, (batch, FLAGS.prompt_len)).astype(
@@ -152,6 +160,14 @@ def main(argv):
     for batch, prompt_BP in prompts.items():
         seconds = best_time(ours(graphdef, params, prompt_BP), FLAGS.repeats)
         results[f"ours_tok_s_b{batch}"] = round(batch * FLAGS.new_tokens / seconds, 1)
+    if "ours_tok_s_b1" in results:
+        bandwidth, source = metrics.device_memory_bandwidth()
+        weight_bytes = metrics.decode_weight_bytes(cfg)
+        results.update(weight_mb_per_step=round(weight_bytes / 1e6, 1),
+                       memory_bandwidth_gb_s=round(bandwidth / 1e9, 1),
+                       memory_bandwidth_source=source,
+                       b1_weight_bandwidth_fraction=round(
+                           weight_bytes * results["ours_tok_s_b1"] / bandwidth, 3))
     if hf is not None:
         import torch
         results["torch_threads"] = torch.get_num_threads()
