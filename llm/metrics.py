@@ -50,16 +50,21 @@ def measure_peak(size: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a large jitted float32 matmul on device 0 (the CPU 'peak' for MFU)."""
     if "peak" in _measured_peak:
         return _measured_peak["peak"]
-    a = jnp.ones((size, size), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
+    seconds = _best_seconds(jax.jit(lambda x: x @ x), jnp.ones((size, size), jnp.float32),
+                            repeats)
+    _measured_peak["peak"] = 2 * size**3 / seconds
+    return _measured_peak["peak"]
+
+
+def _best_seconds(f: Any, x: jax.Array, repeats: int) -> float:
+    """Fastest of `repeats` timed calls of jitted f(x), after one compiling call."""
+    f(x).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        f(a).block_until_ready()
+        f(x).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    _measured_peak["peak"] = 2 * size**3 / best
-    return _measured_peak["peak"]
+    return best
 
 
 def device_peak_flops() -> tuple[float, str]:
@@ -83,14 +88,7 @@ def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     if "bandwidth" in _measured_peak:
         return _measured_peak["bandwidth"]
     x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
-    f = jax.jit(jnp.sum)
-    f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    _measured_peak["bandwidth"] = x.nbytes / best
+    _measured_peak["bandwidth"] = x.nbytes / _best_seconds(jax.jit(jnp.sum), x, repeats)
     return _measured_peak["bandwidth"]
 
 

@@ -196,6 +196,13 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
     flops_per_token = metrics_lib.train_flops_per_token(model_cfg, config.seq_len)
     peak_flops, _ = metrics_lib.device_peak_flops()
 
+    def evaluate_all(params: Any, step: int) -> dict[str, float]:
+        """Validation loss and perplexity plus the task's own evaluation, printed."""
+        metrics = _evaluate(eval_step, params, frozen, eval_data, mesh, config, task)
+        metrics.update(task.evaluate(nnx.merge(graphdef, params, frozen), step))
+        print(" | ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+        return metrics
+
     # ---------------------------------------------------------------- loop
     stop = _StopFlag()
     stop.install()
@@ -233,13 +240,9 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
                                     last_read, flops_per_token, peak_flops, final_metrics)
                 pending = None
             if at_eval:
-                eval_metrics = _evaluate(eval_step, state["params"], frozen, eval_data, mesh,
-                                         config, task)
-                eval_metrics.update(task.evaluate(nnx.merge(graphdef, state["params"],
-                                                            frozen), step))
+                eval_metrics = evaluate_all(state["params"], step)
                 writer.write(step, eval_metrics)
                 final_metrics.update(eval_metrics)
-                print(" | ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
                 stopped_early = _early_stop(loop_state, eval_metrics, config)
             loop_state["tokens_seen"] += tokens
             if at_checkpoint or preempted or stopped_early:
@@ -258,11 +261,7 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
             print(f"run already complete at step {step} of {total_steps}; evaluating it",
                   flush=True)
             if eval_data is not None and config.eval.every_steps > 0:
-                final_metrics.update(_evaluate(eval_step, state["params"], frozen, eval_data,
-                                               mesh, config, task))
-                final_metrics.update(task.evaluate(nnx.merge(graphdef, state["params"],
-                                                             frozen), step))
-                print(" | ".join(f"{k} {v:.4f}" for k, v in final_metrics.items()), flush=True)
+                final_metrics.update(evaluate_all(state["params"], step))
         if pending is not None:
             _report(pending, writer, config, total_steps, first_step, last_read,
                     flops_per_token, peak_flops, final_metrics)
