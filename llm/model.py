@@ -421,6 +421,8 @@ class Transformer(nnx.Module):
         """Final-normed hidden states h_BTD (for heads and chunked losses) and the cache."""
         cfg = self.cfg
         B, T = tokens_BT.shape
+        if kv_window is not None and cache is None:
+            raise ValueError("kv_window limits attention over a KV cache; pass cache= too")
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None], (B, T))
         x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(cfg.compute_dtype)

@@ -168,6 +168,8 @@ def test_bad_kv_window_and_non_self_causal_attention_are_clear_errors():
     with pytest.raises(ValueError, match="kv_window=32: expected 1..16"):
         model(jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32), cache=cache,
               kv_window=32)
+    with pytest.raises(ValueError, match="pass cache= too"):
+        model(jnp.zeros((1, 1), jnp.int32), kv_window=8)
     q = jnp.zeros((1, 4, 4, 8))
     kv = jnp.zeros((1, 6, 2, 8))
     with pytest.raises(ValueError, match="self-attention: 4 queries but 6 keys"):
