@@ -278,12 +278,18 @@ def choose_tokens(logits_BV: jax.Array, params: SamplingParams, keys_B: jax.Arra
     (0 for greedy rows, whose distribution is a point mass).
     """
     logits_BV = logits_BV.astype(jnp.float32)
-    penalised_BV = apply_penalties(logits_BV, prompt_seen_BV, counts_BV, params)
+    penalised_BV = jax.lax.cond(
+        jnp.any((params.repetition_penalty != 1.0) | (params.presence_penalty != 0.0)
+                | (params.frequency_penalty != 0.0)),
+        lambda: apply_penalties(logits_BV, prompt_seen_BV, counts_BV, params),
+        lambda: logits_BV)
     penalised_BV = suppress_tokens(penalised_BV, eos_stop_ids, n_new_B < params.min_new_tokens)
     sampled_B, sampled_logprobs_B = sample_categorical(filter_logits(penalised_BV, params),
                                                        keys_B)
     greedy_B = params.temperature <= 0
-    tokens_B = jnp.where(greedy_B, argmax(penalised_BV), sampled_B)
+    greedy_tokens_B = jax.lax.cond(jnp.any(greedy_B), lambda: argmax(penalised_BV),
+                                   lambda: jnp.zeros_like(sampled_B))
+    tokens_B = jnp.where(greedy_B, greedy_tokens_B, sampled_B)
     model_logprobs_B = (jnp.take_along_axis(logits_BV, tokens_B[:, None], -1)[:, 0]
                         - jax.nn.logsumexp(logits_BV, -1))
     return tokens_B, model_logprobs_B, jnp.where(greedy_B, 0.0, sampled_logprobs_B)

@@ -109,6 +109,21 @@ def test_greedy_is_argmax_of_penalised_logits_and_filters_are_per_row():
     np.testing.assert_array_equal(sampling_logprobs_B, [0.0, 0.0])
 
 
+@pytest.mark.parametrize("penalty, value", [
+    ("repetition_penalty", 2.0), ("presence_penalty", 1.5), ("frequency_penalty", 1.5)])
+def test_each_penalty_alone_reaches_the_choice(penalty, value):
+    """choose_tokens skips the penalty pass when every row is neutral; one penalty on one
+    row must still apply, to that row only."""
+    logits_BV = jnp.array([[1.0, 3.0, 2.0, 0.0]] * 2)
+    counts_BV = jnp.array([[0, 1, 0, 0]] * 2)  # token 1 generated once
+    neutral = SamplingParams.create(2)._asdict()[penalty][0]
+    sp = SamplingParams.create(2, temperature=0.0, **{penalty: [value, neutral]})
+    tokens_B, _, _ = choose_tokens(logits_BV, sp, row_keys(sp.seed, jnp.zeros(2, jnp.int32)),
+                                   jnp.zeros((2, 4), bool), counts_BV, jnp.ones(2, jnp.int32),
+                                   jnp.full((8,), -1))
+    np.testing.assert_array_equal(tokens_B, [2, 1])
+
+
 def test_cutoffs_equal_a_sort_based_reference_with_ties_and_masked_entries():
     """The bisection keeps exactly the tokens a sort + cumulative-sum reference keeps."""
     rng = np.random.default_rng(0)
