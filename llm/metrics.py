@@ -23,9 +23,24 @@ import numpy as np
 
 from llm.model import ModelConfig
 
-# Dense bf16 peaks (FLOP/s) per device; CPU peaks are measured instead (`measure_peak`).
-PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "v4": 275e12, "v5e": 197e12,
-              "v5p": 459e12, "v6e": 918e12}
+# Datasheet figures per device, keyed by a substring of `device.device_kind` (lowercase),
+# tried in order, so a longer name comes before any name it contains ("tpu v5 lite" is
+# v5e, plain "tpu v5" is v5p). None: no figure for that device, measure instead.
+# Dense bf16 peaks (FLOP/s); CPU peaks are measured (`measure_peak`).
+PEAK_FLOPS = {"h100 pcie": 756e12, "h100": 989e12, "h200": 989e12, "a100": 312e12,
+              "v4 lite": None, "v4": 275e12, "v5 lite": 197e12, "v5e": 197e12,
+              "v5p": 459e12, "v5": 459e12, "v6 lite": 918e12, "v6e": 918e12}
+# Memory bandwidth (bytes/s); CPU bandwidth is measured (`measure_bandwidth`).
+PEAK_BANDWIDTH = {"h100 pcie": 2.0e12, "h100": 3.35e12, "h200": 4.8e12,
+                  "a100-sxm4-40gb": 1.555e12, "a100-pcie-40gb": 1.555e12, "a100": 2.04e12,
+                  "v4 lite": None, "v4": 1.2e12, "v5 lite": 0.819e12, "v5e": 0.819e12,
+                  "v5p": 2.765e12, "v5": 2.765e12, "v6 lite": 1.64e12, "v6e": 1.64e12}
+
+
+def datasheet(table: dict[str, float | None], device_kind: str) -> float | None:
+    """The table's figure for a device kind (first key it contains), or None."""
+    kind = device_kind.lower()
+    return next((value for name, value in table.items() if name in kind), None)
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -69,18 +84,11 @@ def _best_seconds(f: Any, x: jax.Array, repeats: int) -> float:
 
 def device_peak_flops() -> tuple[float, str]:
     """(peak FLOP/s for all local devices, how it was obtained)."""
-    device = jax.devices()[0]
-    kind = device.device_kind.lower()
-    for name, peak in PEAK_FLOPS.items():
-        if name in kind:
-            return peak * jax.device_count(), f"{device.device_kind} datasheet bf16 peak"
+    kind = jax.devices()[0].device_kind
+    peak = datasheet(PEAK_FLOPS, kind)
+    if peak is not None:
+        return peak * jax.device_count(), f"{kind} datasheet bf16 peak"
     return measure_peak(), "measured jitted fp32 matmul on this host"
-
-
-# Memory bandwidth (bytes/s) per device from datasheets; CPU bandwidth is measured instead.
-# Longer names first: "h100 pcie" must match before "h100".
-PEAK_BANDWIDTH = {"h100 pcie": 2.0e12, "h100": 3.35e12, "h200": 4.8e12, "a100": 2.04e12,
-                  "v4": 1.2e12, "v5e": 0.819e12, "v5p": 2.765e12, "v6e": 1.64e12}
 
 
 def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
@@ -94,11 +102,10 @@ def measure_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
 
 def device_memory_bandwidth() -> tuple[float, str]:
     """(memory bandwidth of one device in bytes/s, how it was obtained)."""
-    device = jax.devices()[0]
-    kind = device.device_kind.lower()
-    for name, bandwidth in PEAK_BANDWIDTH.items():
-        if name in kind:
-            return bandwidth, f"{device.device_kind} datasheet memory bandwidth"
+    kind = jax.devices()[0].device_kind
+    bandwidth = datasheet(PEAK_BANDWIDTH, kind)
+    if bandwidth is not None:
+        return bandwidth, f"{kind} datasheet memory bandwidth"
     return measure_bandwidth(), "measured jitted sum of 256 MiB on this host"
 
 

@@ -17,8 +17,15 @@ def test_decode_weight_bytes_count_every_matmul_weight_once_in_the_param_dtype()
     assert metrics.decode_weight_bytes(bf16) * 2 == metrics.decode_weight_bytes(cfg)
 
 
-def test_memory_bandwidth_is_measured_on_cpu_and_datasheets_match_longest_name_first():
+def test_cpu_figures_are_measured_and_datasheets_match_jax_device_kinds():
     bandwidth, source = metrics.device_memory_bandwidth()
     assert source.startswith("measured") and 1e9 < bandwidth < 1e13
-    names = list(metrics.PEAK_BANDWIDTH)
-    assert names.index("h100 pcie") < names.index("h100")
+    # device_kind strings as JAX reports them
+    for kind, flops, bandwidth in [
+        ("NVIDIA H100 80GB HBM3", 989e12, 3.35e12), ("NVIDIA H100 PCIe", 756e12, 2.0e12),
+        ("NVIDIA H200", 989e12, 4.8e12), ("NVIDIA A100-SXM4-40GB", 312e12, 1.555e12),
+        ("TPU v4", 275e12, 1.2e12), ("TPU v4 lite", None, None),
+        ("TPU v5 lite", 197e12, 0.819e12), ("TPU v5", 459e12, 2.765e12),
+        ("TPU v5p", 459e12, 2.765e12), ("TPU v6 lite", 918e12, 1.64e12), ("cpu", None, None)]:
+        assert metrics.datasheet(metrics.PEAK_FLOPS, kind) == flops, kind
+        assert metrics.datasheet(metrics.PEAK_BANDWIDTH, kind) == bandwidth, kind
