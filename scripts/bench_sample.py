@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from llm import metrics, sampling
+from llm import host_memory, metrics, sampling
 from llm.model import ModelConfig, Transformer
 
 FLAGS = flags.FLAGS
@@ -40,6 +40,8 @@ flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
 flags.DEFINE_float("top_p", 0.9, "Nucleus mass.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                   "Parameter and compute dtype of the model (the peer stays float32).")
+flags.DEFINE_bool("retain_host_memory", True, "llm.host_memory.retain_freed_memory() first "
+                  "(it applies to the whole process, the peer included).")
 
 # The `small` size, used when configs/models.py is not on this branch.
 SMALL = dict(family="llama", vocab_size=8192, d_model=256, n_layers=6, n_heads=8,
@@ -144,6 +146,7 @@ def logits_parity(graphdef, params, hf, prompt_BP: np.ndarray) -> float:
 
 def main(argv):
     del argv
+    retained = FLAGS.retain_host_memory and host_memory.retain_freed_memory()
     cfg = model_config(FLAGS.size, FLAGS.dtype)
     graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
     hf = to_hf(cfg, params) if FLAGS.peer == "hf" else None
@@ -151,6 +154,7 @@ def main(argv):
     results = {"size": FLAGS.size, "new_tokens": FLAGS.new_tokens,
                "prompt_len": FLAGS.prompt_len, "top_p": FLAGS.top_p,
                "temperature": FLAGS.temperature, "peer": FLAGS.peer, "dtype": FLAGS.dtype,
+               "retain_host_memory": retained,
                "backend": jax.default_backend(), "machine": platform.processor() or
                platform.machine()}
     prompts = {batch: rng.integers(0, cfg.vocab_size, (batch, FLAGS.prompt_len)).astype(

@@ -28,6 +28,9 @@ _DTYPE = flags.DEFINE_string("dtype", "float32", "compute dtype: float32 | bfloa
 _ATTENTION = flags.DEFINE_string("attention", "xla", "xla | cudnn | splash")
 _REMAT = flags.DEFINE_string("remat", "none", "remat policy")
 _PEER = flags.DEFINE_enum("peer", "none", ["none", "hf"], "also time transformers on torch")
+_RETAIN = flags.DEFINE_bool("retain_host_memory", True,
+                            "llm.host_memory.retain_freed_memory() first (it applies to the "
+                            "whole process, the peer included)")
 
 
 def bench_ours(model_cfg, batch: int, seq: int, steps: int) -> float:
@@ -111,9 +114,10 @@ def main(argv: list[str]) -> None:
     """Time ours (and the peer), print a table and a JSON line."""
     del argv
     from configs import models
-    from llm import metrics
+    from llm import host_memory, metrics
     from llm.model import ModelConfig
 
+    retained = _RETAIN.value and host_memory.retain_freed_memory()
     values = {k: v for k, v in models.model_config(_MODEL.value).items() if k != "size"}
     values.update(dtype=_DTYPE.value, attention=_ATTENTION.value, remat=_REMAT.value)
     model_cfg = ModelConfig.from_dict(values)
@@ -132,7 +136,7 @@ def main(argv: list[str]) -> None:
           f"peak={peak / 1e9:.0f} GFLOP/s ({peak_source})")
     print(f"{'':12s} {'s/step':>8s} {'tokens/s':>10s} {'MFU':>7s}")
     result = {"model": _MODEL.value, "batch": batch, "seq": seq, "dtype": _DTYPE.value,
-              "peak_flops": peak, "peak_source": peak_source}
+              "peak_flops": peak, "peak_source": peak_source, "retain_host_memory": retained}
     for name, seconds in rows.items():
         tps = tokens / seconds
         mfu = tps * flops_per_token / peak

@@ -157,6 +157,9 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     root = pathlib.Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
+    from llm import host_memory
+
+    host_memory.retain_freed_memory()
     workdir = pathlib.Path(_WORKDIR.value).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     stages = {"data": stage_data, "pretrain": stage_pretrain, "sample": stage_sample,

@@ -15,6 +15,7 @@ import sys
 from absl import app
 
 from llm import config as config_lib
+from llm import host_memory
 
 CONTROLS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
             "frequency_penalty", "max_new_tokens", "min_new_tokens", "seed")
@@ -58,6 +59,7 @@ def interactive_chat(sampler, config, controls, end_ids) -> None:
 def main(argv: list[str]) -> None:
     """Sample as the config says; bad input is one error line, not a traceback."""
     del argv
+    host_memory.retain_freed_memory()
     try:
         run()
     except (ValueError, RuntimeError) as error:

@@ -10,12 +10,14 @@ import sys
 from absl import app, logging
 
 from llm import config as config_lib
+from llm import host_memory
 
 
 def main(argv: list[str]) -> None:
     """Load the config from the command line and run the training loop."""
     del argv
     logging.set_verbosity(logging.WARNING)
+    host_memory.retain_freed_memory()
     from llm.train.loop import train
 
     try:
