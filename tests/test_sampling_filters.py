@@ -8,6 +8,8 @@ import pytest
 from llm.sampling_filters import (
     SamplingParams,
     _first_reaching,
+    _largest_key_B,
+    _ordered_keys,
     apply_penalties,
     choose_tokens,
     filter_logits,
@@ -125,7 +127,7 @@ def test_each_penalty_alone_reaches_the_choice(penalty, value):
 
 
 def test_cutoffs_equal_a_sort_based_reference_with_ties_and_masked_entries():
-    """The bisection keeps exactly the tokens a sort + cumulative-sum reference keeps."""
+    """The radix select keeps exactly the tokens a sort + cumulative-sum reference keeps."""
     rng = np.random.default_rng(0)
     B = 256
     logits_BV = rng.normal(0, 2, (B, V)).astype(np.float32)
@@ -148,6 +150,32 @@ def test_cutoffs_equal_a_sort_based_reference_with_ties_and_masked_entries():
         boundary = np.abs(mass_above - top_p_B[b]) < 1e-5  # float-sum order may differ here
         assert np.array_equal(kept_BV[b] | boundary, want | boundary), b
     assert kept_BV.sum(1).min() >= 1
+
+
+@pytest.mark.parametrize("spread", [1e-6, 1.0, 30.0])
+def test_radix_select_equals_a_sorted_reference(spread):
+    """At spread 1e-6 the keys share their top bits, so all three radix levels decide."""
+    rng = np.random.default_rng(1)
+    B, N = 8, 4096
+    x_BN = (1.0 + rng.normal(0, spread, (B, N))).astype(np.float32)
+    x_BN[:, ::7] = x_BN[:, 3:4]  # ties
+    x_BN[:, -64:] = -np.inf
+    w_BN = rng.random((B, N)).astype(np.float32)
+    w_BN[:, ::5] = 0.0
+    keys_BN = np.asarray(_ordered_keys(jnp.asarray(x_BN)))
+    need_B, want_B = np.zeros(B, np.float32), np.zeros(B, np.uint32)
+    for b in range(B):
+        distinct = np.unique(keys_BN[b])[::-1]  # largest first
+        mass = np.array([w_BN[b][keys_BN[b] == k].sum(dtype=np.float64) for k in distinct])
+        cum = np.cumsum(mass)
+        if b == B - 1:  # more than the row holds: every weighted key is kept
+            need_B[b], want_B[b] = cum[-1] * 1.01, distinct[mass > 0][-1]
+            continue
+        j = rng.choice(np.flatnonzero(mass > 0))
+        need_B[b] = (cum[j] + (cum[j - 1] if j else 0.0)) / 2  # midway: no rounding ties
+        want_B[b] = distinct[j]
+    got_B = jax.jit(_largest_key_B)(jnp.asarray(keys_BN), jnp.asarray(w_BN), jnp.asarray(need_B))
+    np.testing.assert_array_equal(np.asarray(got_B), want_B)
 
 
 def test_inverse_cdf_search_matches_a_cumsum_reference_and_never_returns_a_zero():
