@@ -186,6 +186,8 @@ def _largest_key_B(keys_BV: jax.Array, weights_BV: jax.Array, need_B: jax.Array
             weights_BV = jnp.where(keys_BV >> above == prefix_B[:, None] >> above,
                                    weights_BV, 0.0)
         bin_BV = (n - 1) - ((keys_BV >> shift) & (n - 1)).astype(jnp.int32)  # largest first
+        # One flat scatter over all rows: on XLA:CPU 65 us faster per batch-8 choice than a vmapped
+        # (batched) one; on a batch-sharded mesh it adds one all-reduce of [B, n].
         hist_BN = jnp.zeros((B * n,), jnp.float32).at[(bin_BV + row_offset_B1 * n).ravel()].add(
             weights_BV.ravel()).reshape(B, n)
         bin_B = _first_reaching(hist_BN.reshape(B, -1, 64), need_B)
