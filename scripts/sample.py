@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app
+from absl import app, logging
 
 from llm import config as config_lib
 from llm import host_memory
@@ -59,6 +59,7 @@ def interactive_chat(sampler, config, controls, end_ids) -> None:
 def main(argv: list[str]) -> None:
     """Sample as the config says; bad input is one error line, not a traceback."""
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     host_memory.retain_freed_memory()
     try:
         run()
