@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 from flax import nnx
 
 from llm import hf, sharding
@@ -62,6 +62,7 @@ def has_adapters(params: Any) -> bool:
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO
     if MODE.value == "import":
         if not HF_DIR.value or not OUT.value:
             raise ConvertError("--mode=import needs --hf_dir and --out")
