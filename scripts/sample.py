@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 from absl import app, logging
@@ -68,6 +69,51 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def read_prompts(path: str) -> list[dict]:
+    """The JSONL rows of --config.prompts_file; a bad file or line is one ValueError."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError as error:
+        raise ValueError(f"--config.prompts_file={path!r}: {error.strerror}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number}: not valid JSON ({error.msg}, column "
+                             f"{error.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number}: expected a JSON object with 'prompt', "
+                             f"'messages' or 'prompt_ids', got {type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no prompts (the file is empty)")
+    return rows
+
+
+def prompt_rows(config) -> list[dict]:
+    """The rows to complete: --config.prompts_file, else --config.prompt."""
+    if config.prompts_file:
+        return read_prompts(config.prompts_file)
+    if config.prompt:
+        return [{"prompt": config.prompt}]
+    raise app.UsageError("give --config.prompt, --config.prompts_file or --config.chat")
+
+
+def check_output_file(path: str) -> None:
+    """Refuse, before any sampling, to overwrite a file or to write into a missing folder."""
+    target = pathlib.Path(path)
+    if target.exists():
+        raise ValueError(f"--config.output_file={path!r} exists; it is never overwritten "
+                         "(remove it or choose another path)")
+    if not target.absolute().parent.is_dir():
+        raise ValueError(f"--config.output_file={path!r}: folder "
+                         f"{str(target.absolute().parent)!r} does not exist")
+
+
 def run() -> None:
     """Load the model named by --config.init_from and sample from it."""
     from llm.sampler import complete_rows
@@ -75,19 +121,16 @@ def run() -> None:
     config = config_lib.cli_config()
     if not config.init_from:
         raise app.UsageError("--config.init_from=DIR is required (workdir, checkpoint, hf:DIR)")
+    # The input and output files are checked before the model loads.
+    rows = None if config.chat else prompt_rows(config)
+    if config.output_file:
+        check_output_file(config.output_file)
     sampler, end_ids = build_sampler(config)
     controls = {k: config[k] for k in CONTROLS}
     if config.chat:
         if sampler.tokenizer is None:
             raise app.UsageError("chat needs a tokenizer; this model has none")
         return interactive_chat(sampler, config, controls, end_ids)
-    if config.prompts_file:
-        with open(config.prompts_file) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    elif config.prompt:
-        rows = [{"prompt": config.prompt}]
-    else:
-        raise app.UsageError("give --config.prompt, --config.prompts_file or --config.chat")
     if sampler.tokenizer is None and any("prompt_ids" not in r for r in rows):
         raise app.UsageError("this model has no tokenizer: rows need 'prompt_ids'")
     results = complete_rows(sampler, rows, batch_size=config.batch_size,
@@ -96,7 +139,7 @@ def run() -> None:
                             beam_width=config.beam_width, **controls)
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if config.output_file:
-        with open(config.output_file, "w") as f:
+        with open(config.output_file, "x") as f:
             f.write("\n".join(lines) + "\n")
         print(f"wrote {len(lines)} rows to {config.output_file}")
     elif config.prompt:

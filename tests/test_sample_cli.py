@@ -52,3 +52,35 @@ def test_sample_script_bad_control_is_one_clear_error(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _sample(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/sample.py", "--config=configs/sample.py",
+                           "--config.init_from=/nonexistent", *flags],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    return line
+
+
+def test_prompts_file_errors_name_the_file_and_line(tmp_path):
+    missing = _one_error(_sample(f"--config.prompts_file={tmp_path}/none.jsonl"))
+    assert "none.jsonl" in missing and "No such file" in missing
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n\n{oops\n')
+    assert f"{bad} line 3: not valid JSON" in _one_error(_sample(f"--config.prompts_file={bad}"))
+    bad.write_text('{"prompt": "a"}\n["a list"]\n')
+    assert "line 2: expected a JSON object" in _one_error(
+        _sample(f"--config.prompts_file={bad}"))
+
+
+def test_existing_output_file_is_never_overwritten(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text("results from yesterday\n")
+    line = _one_error(_sample("--config.prompt=hi", f"--config.output_file={out}"))
+    assert "exists" in line and out.read_text() == "results from yesterday\n"
+    line = _one_error(_sample("--config.prompt=hi", f"--config.output_file={tmp_path}/no/o.jsonl"))
+    assert "does not exist" in line
