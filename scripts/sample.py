@@ -76,6 +76,9 @@ def read_prompts(path: str) -> list[dict]:
             lines = f.readlines()
     except OSError as error:
         raise ValueError(f"--config.prompts_file={path!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--config.prompts_file={path!r}: not UTF-8 text ({error.reason} "
+                         f"at byte {error.start})") from None
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

@@ -75,6 +75,9 @@ def test_prompts_file_errors_name_the_file_and_line(tmp_path):
     bad.write_text('{"prompt": "a"}\n["a list"]\n')
     assert "line 2: expected a JSON object" in _one_error(
         _sample(f"--config.prompts_file={bad}"))
+    bad.write_bytes(b"\xff\xfe binary")
+    assert "bad.jsonl': not UTF-8" in _one_error(
+        _sample(f"--config.prompts_file={bad}"))
 
 
 def test_existing_output_file_is_never_overwritten(tmp_path):
