@@ -29,7 +29,9 @@ from flax import nnx
 from llm import peft, quant
 from llm.model import ModelConfig, Transformer
 
-MODELS = {  # configs/models.py does not exist yet; the sizes the issue names
+# The shapes docs/benchmarks.md's fine-tuning figures were measured with: `small` is
+# configs/models.py's but with scan-stacked layers (its default there is now unrolled).
+MODELS = {
     "tiny": ModelConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2,
                         head_dim=16, d_ff=192, max_seq_len=256),
     "small": ModelConfig(vocab_size=8192, d_model=256, n_layers=6, n_heads=8, n_kv_heads=4,
