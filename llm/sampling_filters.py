@@ -198,16 +198,16 @@ def _largest_key_B(keys_BV: jax.Array, weights_BV: jax.Array, need_B: jax.Array
     return prefix_B
 
 
-def _cutoff_key_B(logits_BV: jax.Array, top_k_B: jax.Array, top_p_B: jax.Array
-                  ) -> jax.Array:
-    """Smallest key kept by top-k, then top-p on the renormalised top-k distribution.
+def _cutoff_key_B(logits_BV: jax.Array, keys_BV: jax.Array, top_k_B: jax.Array,
+                  top_p_B: jax.Array) -> jax.Array:
+    """Smallest key kept by top-k, then top-p on the renormalised top-k distribution
+    (keys_BV: the logits' `_ordered_keys`, which the caller already has).
 
     Top-k: the largest key with at least k tokens at or above it (the k-th largest logit).
     Top-p: the largest key whose at-or-above mass is >= top_p, i.e. the smallest most-likely
     prefix holding top_p of the mass. Ties at a cut-off are all kept.
     """
     B = logits_BV.shape[0]
-    keys_BV = _ordered_keys(logits_BV)
     k_cut_B = jax.lax.cond(
         jnp.any(top_k_B > 0),
         lambda: jnp.where(top_k_B > 0, _largest_key_B(
@@ -232,7 +232,7 @@ def filter_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
     keys_BV = _ordered_keys(logits_BV)
     cut_key_B = jax.lax.cond(
         jnp.any((params.top_k > 0) | (params.top_p < 1.0)),
-        lambda: _cutoff_key_B(logits_BV, params.top_k, params.top_p),
+        lambda: _cutoff_key_B(logits_BV, keys_BV, params.top_k, params.top_p),
         lambda: jnp.zeros(logits_BV.shape[:1], jnp.uint32))
     logits_BV = jnp.where(keys_BV >= cut_key_B[:, None], logits_BV, NEG_INF)
     # min-p: keep tokens with p >= min_p * p_max, i.e. logit >= max + log(min_p).
