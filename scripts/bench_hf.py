@@ -27,9 +27,6 @@ PHASE = flags.DEFINE_enum("phase", "main", ["main", "export", "import", "peer"],
                           "Internal: which subprocess this is.")
 DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Internal: dtype of one import run.")
 
-# The `1b` LLaMA shape (configs/models.py does not exist yet on this branch).
-MODEL_1B = dict(family="llama", vocab_size=32000, d_model=2048, n_layers=16, n_heads=32,
-                n_kv_heads=8, head_dim=64, d_ff=8192, max_seq_len=2048, rope_theta=500_000.0)
 GIB = 1024**3
 
 
@@ -71,9 +68,10 @@ def run_export(path: str) -> dict[str, Any]:
     import jax
     from flax import nnx
 
+    from configs.models import SIZES
     from llm import hf, sharding
     from llm.model import ModelConfig, Transformer
-    cfg = ModelConfig(**MODEL_1B, param_dtype="bfloat16", dtype="bfloat16")
+    cfg = ModelConfig(**SIZES["1b"], param_dtype="bfloat16", dtype="bfloat16")
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     _, params = sharding.init_sharded(lambda: Transformer(cfg, nnx.Rngs(0)), mesh)
     start = time.perf_counter()

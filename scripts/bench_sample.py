@@ -2,11 +2,15 @@
 
     python scripts/bench_sample.py --peer=hf
 
-Random `small` weights (or --size from configs/models.py when present) are copied into a
+Random weights of a configs/models.py size (`small` by default) are copied into a
 transformers `LlamaForCausalLM`; both sample `--new_tokens` tokens with top-p 0.9 and
 temperature 0.7 after a `--prompt_len`-token prompt, at each batch size. Tokens/s counts
 new tokens (batch * new_tokens) over the whole call, prefill included, best of --repeats
-after one warm-up call (which compiles). Prints a table; the last line is one JSON object.
+after one warm-up call (the first compiles). The run alternates --rounds times between all
+of ours and all of the peer's, and each side keeps its best over every round: a shared VM
+drifts by 10-25% over minutes, and alternation lets that drift reach both sides alike.
+`ratio_rounds_b*` holds each round's own ratio, so the spread is on record. Prints a
+table; the last line is one JSON object.
 
 Batch-1 decode is memory-bound, so the JSON also holds `b1_weight_bandwidth_fraction`: the
 bytes of weights a step streams (`llm.metrics.decode_weight_bytes`) times steps/s, over the
@@ -26,16 +30,20 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from configs import models
 from llm import host_memory, metrics, sampling
 from llm.model import ModelConfig, Transformer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("peer", "hf", ["hf", "none"], "Implementation to compare against.")
-flags.DEFINE_string("size", "small", "Model size (configs/models.py, else the local small).")
+flags.DEFINE_string("size", "small", "Model size from configs/models.py.")
+flags.register_validator("size", lambda size: size in models.SIZES,
+                         f"--size: expected one of {', '.join(models.SIZES)}")
 flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to measure.")
 flags.DEFINE_integer("new_tokens", 128, "New tokens per row (no EOS: every row runs to it).")
 flags.DEFINE_integer("prompt_len", 16, "Prompt tokens per row.")
-flags.DEFINE_integer("repeats", 3, "Timed calls per setting (the best is reported).")
+flags.DEFINE_integer("repeats", 3, "Timed calls per setting and round (the best is kept).")
+flags.DEFINE_integer("rounds", 3, "Alternations of all of ours, then all of the peer's.")
 flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
 flags.DEFINE_float("top_p", 0.9, "Nucleus mass.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
@@ -43,20 +51,10 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
 flags.DEFINE_bool("retain_host_memory", True, "llm.host_memory.retain_freed_memory() first "
                   "(it applies to the whole process, the peer included).")
 
-# The `small` size, used when configs/models.py is not on this branch.
-SMALL = dict(family="llama", vocab_size=8192, d_model=256, n_layers=6, n_heads=8,
-             n_kv_heads=4, head_dim=32, d_ff=704, max_seq_len=1024)
-
-
 def model_config(size: str, dtype: str = "float32") -> ModelConfig:
-    """The named size from configs/models.py, or the local `small` definition."""
-    try:
-        from configs.models import SIZES
-    except ImportError:
-        if size != "small":
-            raise
-        SIZES = {"small": SMALL}
-    return ModelConfig(**{**SIZES[size], "dtype": dtype, "param_dtype": dtype})
+    """The named size from configs/models.py in the given dtype."""
+    return ModelConfig.from_dict({**models.model_config(size), "dtype": dtype,
+                                  "param_dtype": dtype})
 
 
 def best_time(fn, repeats: int) -> float:
@@ -167,11 +165,21 @@ def main(argv):
                platform.machine()}
     prompts = {batch: rng.integers(0, cfg.vocab_size, (batch, FLAGS.prompt_len)).astype(
         np.int32) for batch in map(int, FLAGS.batch_sizes)}
-    # All of ours first, then all of the peer's: torch's OpenMP workers spin on the cores for
-    # a while after each parallel region, which would slow whatever runs right after them.
-    for batch, prompt_BP in prompts.items():
-        seconds = best_time(ours(graphdef, params, prompt_BP), FLAGS.repeats)
-        results[f"ours_tok_s_b{batch}"] = round(batch * FLAGS.new_tokens / seconds, 1)
+    runs = {("ours", batch): ours(graphdef, params, prompt_BP)
+            for batch, prompt_BP in prompts.items()}
+    if hf is not None:
+        runs.update({("peer", batch): peer(hf, prompt_BP) for batch, prompt_BP in prompts.items()})
+    # All of ours, then all of the peer's, in each round: torch's OpenMP workers spin on the
+    # cores for a while after each parallel region, which would slow whatever ran right after
+    # them (each setting's untimed warm-up call absorbs the spin that ends a round).
+    seconds = {key: [] for key in runs}
+    for _ in range(FLAGS.rounds):
+        for key, run in runs.items():
+            seconds[key].append(best_time(run, FLAGS.repeats))
+    tok_s = {(side, batch): [batch * FLAGS.new_tokens / t for t in times]
+             for (side, batch), times in seconds.items()}
+    for batch in prompts:
+        results[f"ours_tok_s_b{batch}"] = round(max(tok_s["ours", batch]), 1)
     if "ours_tok_s_b1" in results:
         bandwidth, source = metrics.device_memory_bandwidth()
         weight_bytes = metrics.decode_weight_bytes(cfg)
@@ -183,19 +191,21 @@ def main(argv):
     if hf is not None:
         import torch
         results["torch_threads"] = torch.get_num_threads()
-        for batch, prompt_BP in prompts.items():
-            seconds = best_time(peer(hf, prompt_BP), FLAGS.repeats)
-            results[f"peer_tok_s_b{batch}"] = round(batch * FLAGS.new_tokens / seconds, 1)
+        for batch in prompts:
+            results[f"peer_tok_s_b{batch}"] = round(max(tok_s["peer", batch]), 1)
             results[f"ratio_b{batch}"] = round(
                 results[f"ours_tok_s_b{batch}"] / results[f"peer_tok_s_b{batch}"], 2)
+            results[f"ratio_rounds_b{batch}"] = [
+                round(ours_b / peer_b, 2) for ours_b, peer_b in
+                zip(tok_s["ours", batch], tok_s["peer", batch], strict=True)]
         probe_BP = rng.integers(0, cfg.vocab_size, (2, FLAGS.prompt_len)).astype(np.int32)
         results["max_logit_diff"] = logits_parity(graphdef, params, hf, probe_BP)
-    print(f"{'batch':>5} {'ours tok/s':>12} {'peer tok/s':>12} {'ratio':>7}")
+    print(f"{'batch':>5} {'ours tok/s':>12} {'peer tok/s':>12} {'ratio':>7}  per round")
     for batch in prompts:
         line = f"{batch:>5} {results[f'ours_tok_s_b{batch}']:>12.1f}"
         if hf is not None:
             line += (f" {results[f'peer_tok_s_b{batch}']:>12.1f}"
-                     f" {results[f'ratio_b{batch}']:>7.2f}")
+                     f" {results[f'ratio_b{batch}']:>7.2f}  {results[f'ratio_rounds_b{batch}']}")
         print(line)
     print(json.dumps(results))
 
