@@ -131,9 +131,13 @@ def main(argv: list[str]) -> None:
     from llm.model import ModelConfig
 
     retained = _RETAIN.value and host_memory.retain_freed_memory()
-    values = {k: v for k, v in models.model_config(_MODEL.value).items() if k != "size"}
-    values.update(dtype=_DTYPE.value, attention=_ATTENTION.value, remat=_REMAT.value)
-    model_cfg = ModelConfig.from_dict(values)
+    try:  # an unknown size, dtype, attention or remat policy: one line, not a traceback
+        values = {k: v for k, v in models.model_config(_MODEL.value).items() if k != "size"}
+        values.update(dtype=_DTYPE.value, attention=_ATTENTION.value, remat=_REMAT.value)
+        model_cfg = ModelConfig.from_dict(values)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     batch, seq, steps = _BATCH.value, _SEQ.value, _STEPS.value
     tokens = batch * seq
     flops_per_token = metrics.train_flops_per_token(model_cfg, seq)

@@ -40,6 +40,17 @@ def test_bench_sample_refuses_an_unknown_size():
     assert "--size: expected one of" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("flag, named", [("--model=huge", "model='huge'"),
+                                         ("--dtype=float64", "model.dtype='float64'"),
+                                         ("--attention=flash", "model.attention='flash'")])
+def test_bench_train_refuses_bad_flags_in_one_line(flag, named):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train.py"), flag],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {named}")
+    assert "Traceback" not in done.stderr
+
+
 def test_bench_train_reports_the_fastest_round():
     result = run_script("bench_train.py", "--model=tiny", "--batch=2", "--seq=16",
                         "--steps=1", "--rounds=2", "--peer=none")
