@@ -41,8 +41,9 @@ _RETAIN = flags.DEFINE_bool("retain_host_memory", True,
                             "whole process, the peer included)")
 
 
-def ours_step(model_cfg, batch: int, seq: int) -> Callable[[], None]:
-    """One call = one step of our jitted, donated train step, waited for (compiled here)."""
+def ours_steps(model_cfg, batch: int, seq: int) -> Callable[[int], None]:
+    """run(n): n of our jitted, donated train steps, dispatched back to back and waited for
+    at the end, as the loop runs them (compiled here)."""
     import jax
     import numpy as np
     from flax import nnx
@@ -74,16 +75,17 @@ def ours_step(model_cfg, batch: int, seq: int) -> Callable[[], None]:
     data = jax.device_put(data)
     carry = [state]
 
-    def run() -> None:
-        carry[0], metrics = step(carry[0], nnx.State({}), data)
+    def run(n: int) -> None:
+        for _ in range(n):
+            carry[0], metrics = step(carry[0], nnx.State({}), data)
         jax.block_until_ready(metrics)
 
-    run()
+    run(1)
     return run
 
 
-def hf_step(model_cfg, batch: int, seq: int, compiled: bool) -> Callable[[], None]:
-    """One call = one step of transformers LlamaForCausalLM + torch AdamW, same shapes."""
+def hf_steps(model_cfg, batch: int, seq: int, compiled: bool) -> Callable[[int], None]:
+    """run(n): n steps of transformers LlamaForCausalLM + torch AdamW, same shapes."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -110,16 +112,20 @@ def hf_step(model_cfg, batch: int, seq: int, compiled: bool) -> Callable[[], Non
 
     if compiled:
         step = torch.compile(step)
-    step()
-    return step
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            step()
+
+    run(1)
+    return run
 
 
-def seconds_per_step(step: Callable[[], None], steps: int) -> float:
-    """Mean seconds of `steps` calls, after one untimed call."""
-    step()
+def seconds_per_step(run: Callable[[int], None], steps: int) -> float:
+    """Mean seconds per step of run(steps), after one untimed step."""
+    run(1)
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    run(steps)
     return (time.perf_counter() - start) / steps
 
 
@@ -142,17 +148,17 @@ def main(argv: list[str]) -> None:
     tokens = batch * seq
     flops_per_token = metrics.train_flops_per_token(model_cfg, seq)
     peak, peak_source = metrics.device_peak_flops()
-    runners = {"ours": ours_step(model_cfg, batch, seq)}
+    runners = {"ours": ours_steps(model_cfg, batch, seq)}
     if _PEER.value == "hf":
-        runners["hf_eager"] = hf_step(model_cfg, batch, seq, compiled=False)
+        runners["hf_eager"] = hf_steps(model_cfg, batch, seq, compiled=False)
         try:
-            runners["hf_compile"] = hf_step(model_cfg, batch, seq, compiled=True)
+            runners["hf_compile"] = hf_steps(model_cfg, batch, seq, compiled=True)
         except Exception as error:  # torch.compile needs a C++ toolchain; report, go on
             print(f"torch.compile failed: {type(error).__name__}: {error}"[:300])
     rounds = {name: [] for name in runners}
     for _ in range(_ROUNDS.value):
-        for name, step in runners.items():
-            rounds[name].append(seconds_per_step(step, steps))
+        for name, run in runners.items():
+            rounds[name].append(seconds_per_step(run, steps))
     rows = {name: min(times) for name, times in rounds.items()}
     print(f"model={_MODEL.value} batch={batch} seq={seq} dtype={_DTYPE.value} "
           f"peak={peak / 1e9:.0f} GFLOP/s ({peak_source})")
