@@ -40,10 +40,13 @@ flags.DEFINE_string("size", "small", "Model size from configs/models.py.")
 flags.register_validator("size", lambda size: size in models.SIZES,
                          f"--size: expected one of {', '.join(models.SIZES)}")
 flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to measure.")
-flags.DEFINE_integer("new_tokens", 128, "New tokens per row (no EOS: every row runs to it).")
-flags.DEFINE_integer("prompt_len", 16, "Prompt tokens per row.")
-flags.DEFINE_integer("repeats", 3, "Timed calls per setting and round (the best is kept).")
-flags.DEFINE_integer("rounds", 3, "Alternations of all of ours, then all of the peer's.")
+flags.DEFINE_integer("new_tokens", 128, "New tokens per row (no EOS: every row runs to it).",
+                     lower_bound=1)
+flags.DEFINE_integer("prompt_len", 16, "Prompt tokens per row.", lower_bound=1)
+flags.DEFINE_integer("repeats", 3, "Timed calls per setting and round (the best is kept).",
+                     lower_bound=1)
+flags.DEFINE_integer("rounds", 3, "Alternations of all of ours, then all of the peer's.",
+                     lower_bound=1)
 flags.DEFINE_float("temperature", 0.7, "Sampling temperature.")
 flags.DEFINE_float("top_p", 0.9, "Nucleus mass.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],

@@ -28,10 +28,11 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 _MODEL = flags.DEFINE_string("model", "small", "size from configs/models.py")
-_BATCH = flags.DEFINE_integer("batch", 16, "sequences per step")
-_SEQ = flags.DEFINE_integer("seq", 256, "tokens per sequence")
-_STEPS = flags.DEFINE_integer("steps", 10, "timed steps per round (after one untimed step)")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "alternations of ours and the peers")
+_BATCH = flags.DEFINE_integer("batch", 16, "sequences per step", lower_bound=1)
+_SEQ = flags.DEFINE_integer("seq", 256, "tokens per sequence", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps per round (after one untimed step)",
+                              lower_bound=1)
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "alternations of ours and the peers", lower_bound=1)
 _DTYPE = flags.DEFINE_string("dtype", "float32", "compute dtype: float32 | bfloat16")
 _ATTENTION = flags.DEFINE_string("attention", "xla", "xla | cudnn | splash")
 _REMAT = flags.DEFINE_string("remat", "none", "remat policy")

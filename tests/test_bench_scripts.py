@@ -32,12 +32,16 @@ def test_bench_sample_alternates_rounds_against_the_peer():
     assert result["max_logit_diff"] < 1e-4  # the peer holds the same weights
 
 
-def test_bench_sample_refuses_an_unknown_size():
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_sample.py"),
-                           "--size=huge", "--peer=none"], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+@pytest.mark.parametrize("script, flag, says", [
+    ("bench_sample.py", "--size=huge", "--size: expected one of"),
+    ("bench_sample.py", "--rounds=0", "--rounds=0: 0 is not a positive integer"),
+    ("bench_train.py", "--steps=0", "--steps=0: 0 is not a positive integer")])
+def test_bench_flags_out_of_range_are_refused_when_parsed(script, flag, says):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), flag,
+                           "--peer=none"], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
     assert done.returncode != 0
-    assert "--size: expected one of" in done.stderr and "Traceback" not in done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("flag, named", [("--model=huge", "model='huge'"),
