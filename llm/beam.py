@@ -120,6 +120,7 @@ def beam_search(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BP: Any,
     lengths_B = np.asarray(prompt_lengths_B, np.int32)
     dummy = sampling.SamplingParams.create(prompt_BP.shape[0], max_new_tokens=max_new_tokens)
     max_len = sampling.validate_request(cfg, prompt_BP, lengths_B, dummy, max_len)
+    sampling.check_ids("eos_ids", eos_ids, cfg.vocab_size)
     P = min(sampling.bucket_length(int(lengths_B.max())), max_len)
     padded_BP = np.zeros((prompt_BP.shape[0], P), np.int32)
     padded_BP[:, :min(P, prompt_BP.shape[1])] = prompt_BP[:, :P]

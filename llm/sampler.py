@@ -54,10 +54,17 @@ class Completion:
     finish_reason: str  # 'eos' | 'stop' | 'length'
 
 
-def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
-    """Index of the earliest stop string in text[start:] (in text coordinates), or -1."""
-    hits = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
-    return min(hits) if hits else -1
+def find_stop(text: str, stops: Sequence[str], start: int = 0, min_end: int = 0) -> int:
+    """Index of the earliest stop string in text[start:] (in text coordinates) that ends
+    after text[:min_end], or -1."""
+    hits = []
+    for stop in filter(None, stops):
+        at = text.find(stop, start)
+        while 0 <= at and at + len(stop) <= min_end:
+            at = text.find(stop, at + 1)
+        if at >= 0:
+            hits.append(at)
+    return min(hits, default=-1)
 
 
 class Sampler:
@@ -65,8 +72,10 @@ class Sampler:
 
     def __init__(self, graphdef: nnx.GraphDef, params: Any, tokenizer: TokenizerLike, *,
                  max_len: int | None = None, mesh: jax.sharding.Mesh | None = None,
-                 chat_template: ChatTemplate | None = None, chunk_size: int = 32,
+                 chat_template: ChatTemplate | None = None, chunk_size: int = 16,
                  add_bos: bool = True, unstack_layers: bool = True):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size}: expected >= 1 decode steps per chunk")
         self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
         self.max_len, self.mesh, self.chunk_size, self.add_bos = max_len, mesh, chunk_size, \
             add_bos
@@ -76,8 +85,35 @@ class Sampler:
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
         """Text → ids (with BOS); token-id prompts pass through."""
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: give token ids, not text")
             return self.tokenizer.encode(prompt, add_bos=self.add_bos)
         return [int(t) for t in prompt]
+
+    def _batch(self, prompts: Sequence[str | Sequence[int]]) -> tuple[np.ndarray, list[int]]:
+        """Right-padded ids_BP and the row lengths of a non-empty batch of prompts."""
+        if not prompts:
+            raise ValueError("no prompts: expected at least one")
+        ids = [self.encode(p) for p in prompts]
+        tokens_BP = np.zeros((len(ids), max(1, *map(len, ids))), np.int32)
+        for b, row in enumerate(ids):
+            tokens_BP[b, :len(row)] = row
+        return tokens_BP, [len(row) for row in ids]
+
+    def _check_stops(self, stop: Sequence[str]) -> list[str]:
+        """The non-empty stop strings; they need a tokenizer, to have text to match."""
+        if isinstance(stop, str) or not all(isinstance(s, str) for s in stop):
+            raise ValueError(f"stop={stop!r}: expected a list of strings")
+        stops = [s for s in stop if s]
+        if stops and self.tokenizer is None:
+            raise ValueError("stop strings are matched on text and this model has no "
+                             "tokenizer; use stop_token_ids")
+        return stops
+
+    def _hidden_ids(self, stop_token_ids: Sequence[int]) -> set[int]:
+        """Ids that end a row without being part of its text: EOS and the stop ids."""
+        eos = {self.tokenizer.eos_id} if self.tokenizer is not None else set()
+        return eos | {int(i) for i in stop_token_ids}
 
     def complete(self, prompts: Sequence[str | Sequence[int]],
                  sampling_params: SamplingParams | None = None, *, stop: Sequence[str] = (),
@@ -96,24 +132,22 @@ class Sampler:
                       stop_token_ids: Sequence[int] = (), length_penalty: float = 0.0
                       ) -> list[Completion]:
         """Beam search (the best beam per prompt), trimmed at stop strings afterwards."""
-        ids = [self.encode(p) for p in prompts]
-        tokens_BP = np.zeros((len(ids), max(1, *map(len, ids))), np.int32)
-        for b, row in enumerate(ids):
-            tokens_BP[b, :len(row)] = row
+        stops = self._check_stops(stop)
+        tokens_BP, lengths = self._batch(prompts)
+        hidden = self._hidden_ids(stop_token_ids)
+        eos_ids = [self.tokenizer.eos_id] if self.tokenizer is not None else []
         found = beam.beam_search(
-            self.graphdef, self.params, tokens_BP, [len(r) for r in ids],
+            self.graphdef, self.params, tokens_BP, lengths,
             beam_width=beam_width, max_new_tokens=max_new_tokens, max_len=self.max_len,
-            eos_ids=[self.tokenizer.eos_id, *stop_token_ids], length_penalty=length_penalty,
+            eos_ids=[*eos_ids, *stop_token_ids], length_penalty=length_penalty,
             unstack_layers=self.unstack_layers)
         reasons = [r if r == "length" or found.tokens_BN[b, found.lengths_B[b] - 1]
-                   == self.tokenizer.eos_id else "stop"
-                   for b, r in enumerate(found.finish_reason)]
+                   in eos_ids else "stop" for b, r in enumerate(found.finish_reason)]
         out = sampling.GenerateOutput(found.tokens_BN, found.logprobs_BN, found.logprobs_BN,
                                       found.lengths_B, reasons)
-        stops = [s for s in stop if s]
         return [self._finish(out, b, stops, find_stop(
-            self._text(out.tokens_BN[b, :out.lengths_B[b]]), stops) if stops else -1)
-            for b in range(len(ids))]
+            self._text(out.tokens_BN[b, :out.lengths_B[b]], hidden), stops) if stops else -1,
+            hidden) for b in range(len(lengths))]
 
     def chat(self, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> Completion:
         """Reply to one conversation rendered with the chat template."""
@@ -135,36 +169,41 @@ class Sampler:
 
     def _run(self, prompts, sampling_params, stop, stop_token_ids, controls, chunked: bool
              ) -> Iterator[list[str]]:
-        """Prefill, then decode chunk by chunk; yields new safe text per row, returns rows."""
-        ids = [self.encode(p) for p in prompts]
-        B = len(ids)
+        """Prefill, then decode chunk by chunk; yields new safe text per row, returns rows.
+
+        Like EOS and stop ids, stop strings count only after `min_new_tokens`: a stop
+        string must end after the text of the row's first min_new_tokens tokens.
+        """
+        stops = self._check_stops(stop)
+        tokens_BP, lengths = self._batch(prompts)
+        B = len(lengths)
         if sampling_params is None:
             sampling_params = SamplingParams.create(B, **controls)
         elif controls:
             raise ValueError(f"pass either sampling_params or controls, not both: {controls}")
-        tokens_BP = np.zeros((B, max(1, *map(len, ids))), np.int32)
-        for b, row in enumerate(ids):
-            tokens_BP[b, :len(row)] = row
         # Without a tokenizer (prompt_ids only) there is no EOS and no text, just tokens.
         eos_ids = [self.tokenizer.eos_id] if self.tokenizer is not None else []
-        # Like EOS, a stop token ends the row but is not part of the text.
-        self._hidden_ids = {*eos_ids, *map(int, stop_token_ids)}
+        hidden = self._hidden_ids(stop_token_ids)  # they end a row but are not text
         state, max_len = sampling.prefill(
-            self.graphdef, self.params, tokens_BP, [len(r) for r in ids], sampling_params,
+            self.graphdef, self.params, tokens_BP, lengths, sampling_params,
             max_len=self.max_len, eos_ids=eos_ids, stop_token_ids=stop_token_ids,
             mesh=self.mesh)
-        stops = [s for s in stop if s]
         hold = max((len(s) for s in stops), default=1) - 1  # a stop may still be forming
+        min_new_B = np.asarray(sampling_params.min_new_tokens)
+        min_end: list[int | None] = [None] * B  # text length of the first min_new tokens
         emitted = [0] * B
         stop_at = [-1] * B
         while True:
             done_B = np.asarray(state.done_B)
             n_B = np.asarray(state.n_new_B)
             tokens_BN = np.asarray(state.tokens_BN)
-            texts = [self._text(tokens_BN[b, :n_B[b]]) for b in range(B)]
+            texts = [self._text(tokens_BN[b, :n_B[b]], hidden) for b in range(B)]
             for b in range(B):
-                if stop_at[b] < 0 and stops:
-                    stop_at[b] = find_stop(texts[b], stops, max(0, emitted[b] - hold))
+                if stop_at[b] < 0 and stops and n_B[b] >= min_new_B[b]:
+                    if min_end[b] is None:
+                        min_end[b] = len(self._text(tokens_BN[b, :min_new_B[b]], hidden))
+                    stop_at[b] = find_stop(texts[b], stops, max(0, emitted[b] - hold),
+                                           min_end[b])
             hit_B = np.array([s >= 0 for s in stop_at])
             finished = np.all(done_B | hit_B)
             pieces = []
@@ -188,26 +227,27 @@ class Sampler:
                                     max_steps=steps, mesh=self.mesh,
                                     unstack_layers=self.unstack_layers)
         out = sampling.to_output(state)
-        return [self._finish(out, b, stops, stop_at[b]) for b in range(B)]
+        return [self._finish(out, b, stops, stop_at[b], hidden, min_end[b] or 0)
+                for b in range(B)]
 
-    def _text(self, tokens: Sequence[int]) -> str:
+    def _text(self, tokens: Sequence[int], hidden: set[int]) -> str:
+        """The text of `tokens`, leaving out the `hidden` ids ('' without a tokenizer)."""
         if self.tokenizer is None:
             return ""
-        hidden = getattr(self, "_hidden_ids", {self.tokenizer.eos_id})
         return self.tokenizer.decode([int(t) for t in tokens if int(t) not in hidden])
 
     def _finish(self, out: sampling.GenerateOutput, b: int, stops: Sequence[str],
-                stop_at: int) -> Completion:
+                stop_at: int, hidden: set[int], min_end: int = 0) -> Completion:
         n = int(out.lengths_B[b])
         tokens, logprobs = out.tokens_BN[b, :n].tolist(), out.logprobs_BN[b, :n].tolist()
         reason = out.finish_reason[b]
-        text = self._text(tokens)
+        text = self._text(tokens, hidden)
         if stop_at >= 0:
             # The shortest token prefix whose text contains the stop string (binary search).
             lo, hi = 1, n
             while lo < hi:
                 mid = (lo + hi) // 2
-                if find_stop(self._text(tokens[:mid]), stops) >= 0:
+                if find_stop(self._text(tokens[:mid], hidden), stops, 0, min_end) >= 0:
                     hi = mid
                 else:
                     lo = mid + 1
@@ -215,25 +255,51 @@ class Sampler:
         return Completion(text, tokens, logprobs, reason)
 
 
+def _row_prompt(sampler: Sampler, row: Mapping[str, Any], where: str
+                ) -> str | list[int]:
+    """The prompt of one JSONL request row; a malformed row is one ValueError naming it."""
+    if "prompt_ids" in row:
+        ids = row["prompt_ids"]
+        if not isinstance(ids, list) or not ids or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise ValueError(f"{where}: 'prompt_ids' must be a non-empty list of integer "
+                             f"token ids, got {ids!r:.80}")
+        vocab = sampling.model_config(sampler.graphdef, sampler.params).vocab_size
+        if not all(0 <= t < vocab for t in ids):
+            raise ValueError(f"{where}: 'prompt_ids' must lie in [0, {vocab})")
+        return ids
+    if "messages" in row:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str) for m in messages):
+            raise ValueError(f"{where}: 'messages' must be a non-empty list of "
+                             f'{{"role": str, "content": str}} turns, got {messages!r:.80}')
+        return sampler.chat_template(messages)
+    if "prompt" in row:
+        if not isinstance(row["prompt"], str):
+            raise ValueError(f"{where}: 'prompt' must be a string, got {row['prompt']!r:.80}")
+        return row["prompt"]
+    raise ValueError(f"{where}: expected 'prompt', 'messages' or 'prompt_ids', got keys "
+                     f"{sorted(row)}")
+
+
 def complete_rows(sampler: Sampler, rows: Sequence[Mapping[str, Any]], *, batch_size: int,
                   stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
-                  beam_width: int = 1, **controls: Any) -> list[dict]:
+                  beam_width: int = 1, where: Sequence[str] | None = None,
+                  **controls: Any) -> list[dict]:
     """JSONL requests ('prompt' text, 'messages' or 'prompt_ids') → rows with results.
 
-    Each output row is the input row plus `completion` (text), `tokens`, `logprobs` and
-    `finish_reason`; rows are batched `batch_size` at a time, seeds offset per row.
+    Each output row is the input row plus `completion` (text; only with a tokenizer),
+    `tokens`, `logprobs` and `finish_reason`; rows are batched `batch_size` at a time,
+    seeds offset per row. `where` names each row in errors (default 'prompts row N').
     """
-    prompts = []
-    for n, row in enumerate(rows):
-        if "prompt_ids" in row:
-            prompts.append([int(t) for t in row["prompt_ids"]])
-        elif "messages" in row:
-            prompts.append(sampler.chat_template(row["messages"]))
-        elif "prompt" in row:
-            prompts.append(str(row["prompt"]))
-        else:
-            raise ValueError(f"prompts row {n + 1}: expected 'prompt', 'messages' or "
-                             f"'prompt_ids', got keys {sorted(row)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected >= 1")
+    if beam_width < 1:
+        raise ValueError(f"beam_width={beam_width}: expected >= 1 (1 samples, > 1 searches)")
+    where = where or [f"prompts row {n}" for n in range(1, len(rows) + 1)]
+    prompts = [_row_prompt(sampler, row, name) for row, name in zip(rows, where, strict=True)]
     seed = int(controls.pop("seed", 0))
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -247,7 +313,8 @@ def complete_rows(sampler: Sampler, rows: Sequence[Mapping[str, Any]], *, batch_
             results = sampler.complete(chunk, stop=stop, stop_token_ids=stop_token_ids,
                                        seed=seeds, **controls)
         for row, result in zip(rows[start:start + batch_size], results, strict=True):
-            out.append({**row, "completion": result.text, "tokens": result.tokens,
+            text = {"completion": result.text} if sampler.tokenizer is not None else {}
+            out.append({**row, **text, "tokens": result.tokens,
                         "logprobs": [round(x, 6) for x in result.logprobs],
                         "finish_reason": result.finish_reason})
     return out

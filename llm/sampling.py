@@ -40,7 +40,7 @@ from llm.sampling_filters import SamplingParams, choose_tokens, row_keys
 
 __all__ = ["SamplingParams", "GenerateOutput", "DecodeState", "generate", "prefill", "decode",
            "bucket_length", "decode_windows", "FINISH_REASONS", "finish_reasons",
-           "reshard_for_decode"]
+           "reshard_for_decode", "check_ids"]
 
 # finish codes stored on device; index into FINISH_REASONS on the host.
 RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
@@ -231,6 +231,14 @@ def decode_windows(max_len: int) -> list[int]:
     return sorted({min(max_len, -(-max_len * n // 4 // 64) * 64) for n in (1, 2, 4)})
 
 
+def check_ids(name: str, ids: Sequence[int] | None, vocab_size: int) -> None:
+    """Raise one ValueError unless every id lies in [0, vocab_size) (e.g. eos_ids)."""
+    bad = [i for i in (ids or ()) if not 0 <= int(i) < vocab_size]
+    if bad:
+        raise ValueError(f"{name}={list(ids)}: expected ids in [0, {vocab_size}); "
+                         f"out of range: {bad}")
+
+
 def pad_ids(ids: Sequence[int] | None) -> np.ndarray:
     """Token ids padded with -1 to a multiple of ID_SLOTS (so few ids share one compile)."""
     ids = [int(i) for i in (ids or ())]
@@ -257,6 +265,9 @@ def validate_request(cfg: model_lib.ModelConfig, prompt_BP: np.ndarray, lengths_
     if np.any(valid_BP & ((prompt_BP < 0) | (prompt_BP >= cfg.vocab_size))):
         raise ValueError(f"prompt token ids must lie in [0, {cfg.vocab_size})")
     needed = int(np.max(lengths_B + np.asarray(sampling.max_new_tokens)))
+    if max_len is not None and max_len <= int(lengths_B.max()):
+        raise ValueError(f"max_len={max_len}: expected more than the longest prompt "
+                         f"({int(lengths_B.max())} tokens), to leave room for new tokens")
     if max_len is None:
         max_len = min(cfg.max_seq_len, -(-needed // 64) * 64)
     if max_len > cfg.max_seq_len:
@@ -280,6 +291,8 @@ def prefill(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BP: Any, prompt_l
     prompt_BP = np.asarray(prompt_tokens_BP, np.int32)
     lengths_B = np.asarray(prompt_lengths_B, np.int32)
     max_len = validate_request(cfg, prompt_BP, lengths_B, sampling, max_len)
+    check_ids("eos_ids", eos_ids, cfg.vocab_size)
+    check_ids("stop_token_ids", stop_token_ids, cfg.vocab_size)
     P = min(bucket_length(int(lengths_B.max())), max_len)
     padded_BP = np.zeros((prompt_BP.shape[0], P), np.int32)
     width = min(P, prompt_BP.shape[1])

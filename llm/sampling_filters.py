@@ -34,6 +34,9 @@ DEFAULTS: dict[str, float | int] = {
     "seed": 0,
 }
 _INT_FIELDS = ("top_k", "min_new_tokens", "max_new_tokens", "seed")
+_INT32 = np.iinfo(np.int32)
+# Below this a positive temperature overflows the scaled logits (vLLM treats it as greedy).
+MIN_TEMPERATURE = 1e-5
 
 
 class SamplingParams(NamedTuple):
@@ -67,6 +70,10 @@ class SamplingParams(NamedTuple):
             dtype = np.int32 if name in _INT_FIELDS else np.float32
             if name in _INT_FIELDS and not np.all(np.equal(np.mod(value, 1), 0)):
                 raise ValueError(f"SamplingParams.{name}={value.tolist()}: expected integers")
+            if name in _INT_FIELDS and not np.all((value >= _INT32.min) & (value <= _INT32.max)):
+                # Stored as int32 on device: a larger seed would wrap onto another one.
+                raise ValueError(f"SamplingParams.{name}={value.tolist()}: expected integers "
+                                 f"in [{_INT32.min}, {_INT32.max}]")
             arrays[name] = np.broadcast_to(value.astype(dtype), (batch,)).copy()
         params = cls(**arrays)
         params.validate()
@@ -81,7 +88,9 @@ class SamplingParams(NamedTuple):
             if not np.all(ok):
                 problems.append(f"{name}={p[name].tolist()} (expected {expected})")
 
-        check("temperature", np.isfinite(p["temperature"]) & (p["temperature"] >= 0), ">= 0")
+        check("temperature", np.isfinite(p["temperature"]) & (
+            (p["temperature"] == 0) | (p["temperature"] >= MIN_TEMPERATURE)),
+            f"0 for greedy or >= {MIN_TEMPERATURE}")
         check("top_k", p["top_k"] >= 0, ">= 0; 0 disables")
         check("top_p", (p["top_p"] > 0) & (p["top_p"] <= 1), "in (0, 1]")
         check("min_p", (p["min_p"] >= 0) & (p["min_p"] <= 1), "in [0, 1]")

@@ -22,6 +22,37 @@ CONTROLS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "pre
             "frequency_penalty", "max_new_tokens", "min_new_tokens", "seed")
 
 
+DECODE_SHARDINGS = ("training", "tensor")
+
+
+def check_config(config) -> dict:
+    """Validate the sampling keys before the model loads; returns the controls."""
+    from llm.sampling import SamplingParams
+
+    for key in ("batch_size", "chunk_size", "beam_width"):
+        if config[key] < 1:
+            raise ValueError(f"--config.{key}={config[key]}: expected >= 1")
+    if config.max_len < 0:
+        raise ValueError(f"--config.max_len={config.max_len}: expected >= 0 (0 = fit the "
+                         "longest request)")
+    if config.decode_sharding not in DECODE_SHARDINGS:
+        raise ValueError(f"--config.decode_sharding={config.decode_sharding!r}: expected one "
+                         f"of {', '.join(DECODE_SHARDINGS)}")
+    if not all(isinstance(s, str) for s in config.stop):
+        raise ValueError(f"--config.stop={list(config.stop)}: expected strings, e.g. "
+                         """--config.stop='["###", "\\n\\n"]'""")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+               for i in config.stop_token_ids):
+        raise ValueError(f"--config.stop_token_ids={list(config.stop_token_ids)}: expected "
+                         "token ids (integers >= 0)")
+    controls = {k: config[k] for k in CONTROLS}
+    try:
+        SamplingParams.create(1, **controls)
+    except ValueError as error:
+        raise ValueError(f"--config: {error}") from None
+    return controls
+
+
 def build_sampler(config):
     """The model named by init_from, with its tokenizer and chat template."""
     from llm import sampling, sharding
@@ -69,8 +100,9 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def read_prompts(path: str) -> list[dict]:
-    """The JSONL rows of --config.prompts_file; a bad file or line is one ValueError."""
+def read_prompts(path: str) -> tuple[list[dict], list[str]]:
+    """The JSONL rows of --config.prompts_file and where each is ('FILE line N'); a bad
+    file or line is one ValueError."""
     try:
         with open(path) as f:
             lines = f.readlines()
@@ -79,7 +111,7 @@ def read_prompts(path: str) -> list[dict]:
     except UnicodeDecodeError as error:
         raise ValueError(f"--config.prompts_file={path!r}: not UTF-8 text ({error.reason} "
                          f"at byte {error.start})") from None
-    rows = []
+    rows, where = [], []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -92,17 +124,19 @@ def read_prompts(path: str) -> list[dict]:
             raise ValueError(f"{path} line {number}: expected a JSON object with 'prompt', "
                              f"'messages' or 'prompt_ids', got {type(row).__name__}")
         rows.append(row)
+        where.append(f"{path} line {number}")
     if not rows:
         raise ValueError(f"{path}: no prompts (the file is empty)")
-    return rows
+    return rows, where
 
 
-def prompt_rows(config) -> list[dict]:
-    """The rows to complete: --config.prompts_file, else --config.prompt."""
+def prompt_rows(config) -> tuple[list[dict], list[str]]:
+    """The rows to complete, and where each comes from: --config.prompts_file, else
+    --config.prompt."""
     if config.prompts_file:
         return read_prompts(config.prompts_file)
     if config.prompt:
-        return [{"prompt": config.prompt}]
+        return [{"prompt": config.prompt}], ["--config.prompt"]
     raise app.UsageError("give --config.prompt, --config.prompts_file or --config.chat")
 
 
@@ -124,12 +158,12 @@ def run() -> None:
     config = config_lib.cli_config()
     if not config.init_from:
         raise app.UsageError("--config.init_from=DIR is required (workdir, checkpoint, hf:DIR)")
-    # The input and output files are checked before the model loads.
-    rows = None if config.chat else prompt_rows(config)
+    # The keys, the input and the output file are checked before the model loads.
+    controls = check_config(config)
+    rows, where = (None, None) if config.chat else prompt_rows(config)
     if config.output_file:
         check_output_file(config.output_file)
     sampler, end_ids = build_sampler(config)
-    controls = {k: config[k] for k in CONTROLS}
     if config.chat:
         if sampler.tokenizer is None:
             raise app.UsageError("chat needs a tokenizer; this model has none")
@@ -139,7 +173,7 @@ def run() -> None:
     results = complete_rows(sampler, rows, batch_size=config.batch_size,
                             stop=tuple(config.stop),
                             stop_token_ids=[*config.stop_token_ids, *end_ids],
-                            beam_width=config.beam_width, **controls)
+                            beam_width=config.beam_width, where=where, **controls)
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if config.output_file:
         with open(config.output_file, "x") as f:

@@ -243,6 +243,8 @@ def test_no_vocabulary_sort_and_cutoffs_only_under_cond():
     (dict(top_k=-1), "top_k"), (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(min_new_tokens=9, max_new_tokens=4), "min_new_tokens"),
     (dict(typo=1), "unknown"),
+    # Would overflow the scaled logits (NaN log-probs); a seed past int32 would wrap.
+    (dict(temperature=1e-39), "temperature"), (dict(seed=2**32), "seed"),
 ])
 def test_invalid_sampling_params_raise_one_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -264,6 +266,15 @@ def test_invalid_requests_raise_value_error(split):
     with pytest.raises(ValueError, match="rows"):
         sampling.generate(graphdef, params, tokens_BP, lengths_B,
                           SamplingParams.create(3, max_new_tokens=4))
+    with pytest.raises(ValueError, match="max_len=5: .*longest prompt"):
+        sampling.generate(graphdef, params, tokens_BP, lengths_B,
+                          SamplingParams.create(4, max_new_tokens=1), max_len=5)
+    vocab = CFG.vocab_size
+    for where, ids in (("eos_ids", dict(eos_ids=[vocab])),
+                       ("stop_token_ids", dict(stop_token_ids=[3, -1]))):
+        with pytest.raises(ValueError, match=f"{where}=.*expected ids in \\[0, {vocab}\\)"):
+            sampling.generate(graphdef, params, tokens_BP, lengths_B,
+                              SamplingParams.create(4, max_new_tokens=4), **ids)
 
 
 def test_bucket_length():

@@ -131,3 +131,82 @@ def test_sample_config_has_every_control():
     with pytest.raises(AttributeError):
         config.temprature = 1.0  # locked: typos are errors
     assert dict(config.mesh.shape)["data"] == -1
+
+
+def test_stop_strings_wait_for_min_new_tokens(sampler):
+    """As EOS and stop ids are held back until min_new_tokens, so are stop strings: one
+    that ends inside the text of the first min_new_tokens tokens does not count."""
+    kwargs = dict(temperature=0.0, max_new_tokens=30, min_new_tokens=8)
+    free = sampler.complete(["hello"], **kwargs)[0]
+    min_end = len(ByteTokenizer().decode(free.tokens[:8]))
+    stop = free.text[2]
+    assert 0 <= find_stop(free.text, [stop]) < min_end  # it would have stopped early
+    out = sampler.complete(["hello"], stop=[stop], **kwargs)[0]
+    later = find_stop(free.text, [stop], 0, min_end)
+    if later < 0:
+        assert out.text == free.text and out.tokens == free.tokens
+    else:
+        assert out.finish_reason == "stop" and out.text == free.text[:later]
+        assert len(out.tokens) >= 8
+
+
+def test_stop_string_split_across_two_chunks(sampler):
+    """Chunks of 4 steps after the prefill's token: a stop over tokens 4 and 5 is only
+    whole in the second check; streamed pieces never pass the stop."""
+    free = sampler.complete(["abc"], temperature=0.0, max_new_tokens=24)[0]
+    assert all(t < 256 for t in free.tokens[:8])  # one character per token
+    stop = free.text[4:6]
+    cut = free.text.find(stop)
+    out = sampler.complete(["abc"], temperature=0.0, max_new_tokens=24, stop=[stop])[0]
+    assert out.finish_reason == "stop" and out.text == free.text[:cut]
+    assert out.tokens == free.tokens[:cut + 2]
+    pieces = list(sampler.stream("abc", temperature=0.0, max_new_tokens=24, stop=[stop]))
+    assert "".join(pieces) == free.text[:cut]
+
+
+def test_bad_batches_and_rows_are_one_clear_error(sampler):
+    from llm.sampler import complete_rows
+
+    with pytest.raises(ValueError, match="no prompts"):
+        sampler.complete([])
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        Sampler(sampler.graphdef, sampler.params, ByteTokenizer(), chunk_size=0)
+    with pytest.raises(ValueError, match="batch_size=-1"):
+        complete_rows(sampler, [{"prompt": "a"}], batch_size=-1)
+    with pytest.raises(ValueError, match="beam_width=0"):
+        complete_rows(sampler, [{"prompt": "a"}], batch_size=1, beam_width=0)
+    for row, match in [({"messages": "hi"}, "'messages' must be"),
+                       ({"messages": [{"content": "hi"}]}, "'messages' must be"),
+                       ({"prompt_ids": "ab"}, "'prompt_ids' must be"),
+                       ({"prompt_ids": []}, "'prompt_ids' must be"),
+                       ({"prompt_ids": [1, 9999]}, "'prompt_ids' must lie in \\[0, 259\\)"),
+                       ({"prompt": None}, "'prompt' must be a string")]:
+        with pytest.raises(ValueError, match=f"in.jsonl line 7: {match}"):
+            complete_rows(sampler, [{"prompt": "ok"}, row], batch_size=2,
+                          where=["in.jsonl line 5", "in.jsonl line 7"])
+
+
+def test_without_a_tokenizer_rows_have_tokens_but_no_completion(sampler):
+    from llm.sampler import complete_rows
+
+    bare = Sampler(sampler.graphdef, sampler.params, None, max_len=64)
+    rows = complete_rows(bare, [{"prompt_ids": [5, 6, 7]}], batch_size=1, temperature=0.0,
+                         max_new_tokens=4)
+    assert "completion" not in rows[0] and len(rows[0]["tokens"]) == 4
+    beams = complete_rows(bare, [{"prompt_ids": [5, 6, 7]}], batch_size=1, beam_width=2,
+                          max_new_tokens=4)
+    assert "completion" not in beams[0] and len(beams[0]["tokens"]) == 4
+    with pytest.raises(ValueError, match="no tokenizer"):
+        bare.complete([[5, 6]], stop=["x"])
+    with pytest.raises(ValueError, match="no tokenizer"):
+        bare.complete(["text"])
+
+
+def test_beam_text_leaves_out_stop_ids(sampler):
+    free = sampler.complete_beam(["x"], beam_width=2, max_new_tokens=12)[0]
+    stop_id = next(t for t in free.tokens[2:] if t < 256)
+    sampler.complete(["y"], temperature=0.0, max_new_tokens=3)  # a different request first
+    out = sampler.complete_beam(["x"], beam_width=2, max_new_tokens=12,
+                                stop_token_ids=[stop_id])[0]
+    assert out.tokens[-1] == stop_id and out.finish_reason == "stop"
+    assert out.text == ByteTokenizer().decode(out.tokens[:-1])
