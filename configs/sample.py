@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from llm.sampling_filters import DEFAULTS
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Every sampling control as a key; `:chat` starts an interactive chat."""
@@ -14,23 +16,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.output_file = ""  # JSONL out (default: print to stdout)
     config.chat = arg == "chat"  # interactive chat in the console (streams the reply)
     config.system = ""  # optional system message for chat
-    config.temperature = 0.7  # 0 = greedy
-    config.top_k = 0  # 0 = off
-    config.top_p = 0.9
-    config.min_p = 0.0
-    config.repetition_penalty = 1.0  # CTRL-style, multiplicative; 1 = off
-    config.presence_penalty = 0.0
-    config.frequency_penalty = 0.0
-    config.max_new_tokens = 256
-    config.min_new_tokens = 0
+    # The sampler's own defaults (one source): temperature 0.7 (0 = greedy), top_k 0 (off),
+    # top_p 0.9, min_p 0, repetition_penalty 1 (CTRL-style, multiplicative; 1 = off),
+    # presence and frequency penalties 0, max_new_tokens 128, min_new_tokens 0, seed 0.
+    for key, value in DEFAULTS.items():
+        config[key] = value
     config.stop = ()  # stop strings, matched on the decoded text
     config.stop_token_ids = ()
-    config.seed = 0
     config.batch_size = 8
     config.beam_width = 1  # > 1: beam search (deterministic; sampling controls unused)
     config.max_len = 0  # cache length; 0 = the smallest multiple of 64 that fits
     config.chunk_size = 16  # decode steps between host checks (stop strings, streaming)
-    config.decode_sharding = "training"  # or 'tensor': weights replicated over fsdp
+    # 'training': the training sharding as it is (no copy). 'tensor': a copy of the weights
+    # replicated over fsdp (per-device weights |params| / tensor instead of / (fsdp * tensor)).
+    config.decode_sharding = "training"
     # Slice scan-stacked layer weights once per decode call (faster; one extra copy of the
     # layer weights while it runs); False slices them on every step instead.
     config.unstack_layers = True

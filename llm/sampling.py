@@ -11,9 +11,10 @@ window (`decode_windows`: a quarter, a half, then all of the cache): while every
 row's position fits the window, attention reads only those slots, so early steps skip the
 cache's empty tail. One loop with a `lax.switch` per step measured 40% slower on CPU.
 
-Compile key: (graphdef, batch, prompt bucket, max_len, mesh, eos/stop-id slots (8 a block)).
-Prompt lengths are bucketed (powers of two up to 64, then multiples of 64); every sampling
-control is an array in `SamplingParams`, so changing it never recompiles.
+Compile key: (graphdef, batch, prompt bucket, max_len, mesh, unstack_layers, eos/stop-id slots
+(8 a block)). Prompt lengths are bucketed (powers of two from 8 up to 64, then multiples of
+64); every sampling control is an array in `SamplingParams`, so changing it never
+recompiles.
 
 `generate` is the one-call host API (returns numpy). `prefill` + `decode` expose the same
 steps on device arrays: `decode(..., max_steps=n)` runs at most n steps and can be called
@@ -79,7 +80,8 @@ class DecodeState(NamedTuple):
 
 
 def bucket_length(n: int) -> int:
-    """Prompt-length bucket: the next power of two up to 64, then the next multiple of 64."""
+    """Prompt-length bucket: the next power of two (at least 8) up to 64, then the next
+    multiple of 64."""
     if n <= 64:
         return max(8, 1 << (max(n, 1) - 1).bit_length())
     return -(-n // 64) * 64
@@ -360,8 +362,10 @@ def model_config(graphdef: nnx.GraphDef, params: Any) -> model_lib.ModelConfig:
 def reshard_for_decode(params: Any, mesh: jax.sharding.Mesh) -> Any:
     """Tensor-parallel-only copy of training-sharded params (weights replicated over fsdp).
 
-    Faster decode (no per-step all-gather of FSDP shards); memory per device grows from
-    |params| / (fsdp * tensor) to |params| / tensor, and the copy coexists with the original.
+    Saves decode's per-step all-gather of FSDP shards, for accelerators (on one CPU host,
+    tensor parallelism over two CPU devices measured slower than one device); memory per device
+    grows from |params| / (fsdp * tensor) to |params| / tensor, and the copy coexists with
+    the original.
     """
     rules = dict(sharding_lib.DEFAULT_RULES, embed=None)
     return sharding_lib.shard_state(params, mesh, rules)
