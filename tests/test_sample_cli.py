@@ -118,3 +118,37 @@ def test_existing_output_file_is_never_overwritten(tmp_path):
     assert "exists" in line and out.read_text() == "results from yesterday\n"
     line = _one_error(_sample("--config.prompt=hi", f"--config.output_file={tmp_path}/no/o.jsonl"))
     assert "does not exist" in line
+
+
+@pytest.mark.slow
+def test_sample_script_on_a_workdir_with_a_tokenizer_prompt_and_chat(tmp_path):
+    """A short SFT run (tokenizer trained from its data); the CLI finds the newest
+    checkpoint and the tokenizer, completes --config.prompt and chats on stdin."""
+    from test_sft import sft_config, write_copy_task
+
+    from llm.train.loop import train
+
+    data, held_out = write_copy_task(tmp_path, n_train=200, n_eval=20)
+    train(sft_config(tmp_path / "run", data, held_out, "total_steps=2", "eval.every_steps=0",
+                     "checkpoint.every_steps=2"))
+    base = [sys.executable, "scripts/sample.py", "--config=configs/sample.py",
+            f"--config.init_from={tmp_path / 'run'}", "--config.temperature=0",
+            "--config.max_new_tokens=5"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.run([*base, "--config.prompt=repeat: red blue"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    single = proc.stdout
+    rows = tmp_path / "in.jsonl"
+    rows.write_text(json.dumps({"prompt": "repeat: red blue"}) + "\n"
+                    + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    proc = subprocess.run([*base, f"--config.prompts_file={rows}"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(out) == 2 and all(1 <= len(r["tokens"]) <= 5 for r in out)
+    assert single == "repeat: red blue" + out[0]["completion"] + "\n"  # same greedy text
+    chat = subprocess.run([*base, "--config.chat=True"], input="hi\nred\n",
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert chat.stdout.count("> ") == 3  # two turns answered, then end of input
