@@ -275,10 +275,15 @@ def _row_prompt(sampler: Sampler, row: Mapping[str, Any], where: str
                 and isinstance(m.get("content"), str) for m in messages):
             raise ValueError(f"{where}: 'messages' must be a non-empty list of "
                              f'{{"role": str, "content": str}} turns, got {messages!r:.80}')
-        return sampler.chat_template(messages)
+        try:
+            return sampler.chat_template(messages)
+        except ValueError as error:  # e.g. a role the template does not know
+            raise ValueError(f"{where}: {error}") from None
     if "prompt" in row:
         if not isinstance(row["prompt"], str):
             raise ValueError(f"{where}: 'prompt' must be a string, got {row['prompt']!r:.80}")
+        if not row["prompt"] and not sampler.add_bos:
+            raise ValueError(f"{where}: empty 'prompt' (and no BOS is added)")
         return row["prompt"]
     raise ValueError(f"{where}: expected 'prompt', 'messages' or 'prompt_ids', got keys "
                      f"{sorted(row)}")

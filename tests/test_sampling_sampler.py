@@ -184,6 +184,20 @@ def test_bad_batches_and_rows_are_one_clear_error(sampler):
         with pytest.raises(ValueError, match=f"in.jsonl line 7: {match}"):
             complete_rows(sampler, [{"prompt": "ok"}, row], batch_size=2,
                           where=["in.jsonl line 5", "in.jsonl line 7"])
+    def strict_template(messages):
+        if messages[0]["role"] not in ("system", "user"):
+            raise ValueError(f"unknown chat role {messages[0]['role']!r}")
+        return messages[0]["content"]
+
+    strict = Sampler(sampler.graphdef, sampler.params, ByteTokenizer(),
+                     chat_template=strict_template)
+    with pytest.raises(ValueError, match="prompts row 2: unknown chat role 'robot'"):
+        complete_rows(strict, [{"prompt": "a"}, {"messages": [{"role": "robot",
+                                                                "content": "hi"}]}],
+                      batch_size=2)
+    no_bos = Sampler(sampler.graphdef, sampler.params, ByteTokenizer(), add_bos=False)
+    with pytest.raises(ValueError, match="prompts row 1: empty 'prompt'"):
+        complete_rows(no_bos, [{"prompt": ""}], batch_size=1)
 
 
 def test_without_a_tokenizer_rows_have_tokens_but_no_completion(sampler):
