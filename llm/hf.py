@@ -45,7 +45,7 @@ from llm.hf_config import (
     model_config_from_hf,
     source,
 )
-from llm.model import ModelConfig, Transformer
+from llm.model import DTYPES, ModelConfig, Transformer
 
 __all__ = ["HFError", "import_hf", "export_hf", "TOKENIZER_FILES"]
 
@@ -94,6 +94,29 @@ def _header(path: str) -> dict[str, _Tensor]:
             raise HFError(f"{path}: not a safetensors file ({type(e).__name__}: {e})") from e
 
 
+def _read_json(path: str) -> Any:
+    """The parsed JSON file at `path`, or HFError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise HFError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
+                      f"{e.colno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise HFError(f"{path}: cannot be read ({e})") from None
+
+
+def _weight_map(index_path: str) -> dict[str, str]:
+    """{tensor: shard file} from a safetensors index, or HFError naming the file and key."""
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()):
+        raise HFError(f"{index_path}: expected a 'weight_map' object of tensor name -> shard "
+                      "file name")
+    return weight_map
+
+
 class _Checkpoint:
     """Tensor names -> where their bytes lie in the safetensors files of one HF directory."""
 
@@ -102,8 +125,7 @@ class _Checkpoint:
         index_path = os.path.join(hf_dir, "model.safetensors.index.json")
         single = os.path.join(hf_dir, "model.safetensors")
         if os.path.isfile(index_path):
-            with open(index_path) as f:
-                weight_map = json.load(f)["weight_map"]
+            weight_map = _weight_map(index_path)
         elif os.path.isfile(single):
             weight_map = dict.fromkeys(_header(single), "model.safetensors")
         else:
@@ -293,6 +315,8 @@ def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | N
     Parameters are born sharded on `mesh` (default: the first device) following the logical
     rules; `dtype` sets the parameter and compute dtype (default float32).
     """
+    if dtype is not None and dtype not in DTYPES:
+        raise HFError(f"import: dtype={dtype!r}; expected one of {sorted(DTYPES)}")
     values = load_config_json(hf_dir)
     config_path = os.path.join(hf_dir, "config.json")
     arch = architecture(values, config_path)
@@ -465,8 +489,9 @@ def _token_ids(tokenizer_dir: str | None) -> dict[str, Any]:
     path = os.path.join(tokenizer_dir or "", "generation_config.json")
     if not tokenizer_dir or not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        values = json.load(f)
+    values = _read_json(path)
+    if not isinstance(values, dict):
+        raise HFError(f"{path}: expected a JSON object, got {type(values).__name__}")
     return {k: values[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
             if k in values}
 

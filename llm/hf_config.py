@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from llm.model import ModelConfig
@@ -48,12 +49,38 @@ class _Fields:
         value = self.values.get(key)
         return default if value is None else value
 
+    def integer(self, key: str, default: Any = None) -> int:
+        """An integer field (required unless a default is given)."""
+        value = self.required(key) if default is None else self.optional(key, default)
+        return as_int(value, self.path, key)
+
+    def number(self, key: str, default: Any = None) -> float:
+        """A number field (required unless a default is given)."""
+        value = self.required(key) if default is None else self.optional(key, default)
+        return as_float(value, self.path, key)
+
     def refuse(self, key: str, ok: Any, why: str) -> None:
         """Raise unless the field is absent or equal to `ok` (or in it, for a tuple)."""
         value = self.values.get(key)
         allowed = ok if isinstance(ok, tuple) else (ok,)
         if value is not None and value not in allowed:
             raise HFError(f"{self.path}: {key}={value!r} is not supported ({why})")
+
+
+def as_int(value: Any, path: str, key: str) -> int:
+    """`value` as an int (an integral float counts), or HFError naming the file and key."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HFError(f"{path}: {key}={value!r} is not an integer")
+    return value
+
+
+def as_float(value: Any, path: str, key: str) -> float:
+    """`value` as a float, or HFError naming the file and key."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise HFError(f"{path}: {key}={value!r} is not a number")
+    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +169,24 @@ def load_config_json(hf_dir: str) -> dict[str, Any]:
     path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(path):
         raise HFError(f"{hf_dir}: no config.json (not a Hugging Face model directory)")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except json.JSONDecodeError as e:
+        raise HFError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
+                      f"{e.colno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise HFError(f"{path}: cannot be read ({e})") from None
+    if not isinstance(values, dict):
+        raise HFError(f"{path}: expected a JSON object of config fields, got "
+                      f"{type(values).__name__}")
+    return values
 
 
 def architecture(values: dict[str, Any], path: str) -> str:
     """The one supported architecture named in `architectures`."""
     names = values.get("architectures") or []
-    if len(names) != 1 or names[0] not in ARCHITECTURES:
+    if not isinstance(names, list) or len(names) != 1 or names[0] not in ARCHITECTURES:
         raise HFError(f"{path}: architectures={names!r} is not supported; expected one of "
                       f"{sorted(ARCHITECTURES)}")
     return names[0]
@@ -160,31 +197,34 @@ def _rope_fields(f: _Fields) -> dict[str, Any]:
     params = f.values.get("rope_parameters")
     if params is not None:
         where = "rope_parameters"
-        if not isinstance(params, dict) or "rope_type" not in params and any(
-                isinstance(v, dict) for v in params.values()):
+        if not isinstance(params, dict):
+            raise HFError(f"{f.path}: rope_parameters={params!r} is not an object")
+        if "rope_type" not in params and any(isinstance(v, dict) for v in params.values()):
             raise HFError(f"{f.path}: per-layer-type rope_parameters are not supported")
         theta = params.get("rope_theta", f.optional("rope_theta", 10_000.0))
     else:
         where = "rope_scaling"
         params = f.values.get("rope_scaling") or {}
         theta = f.optional("rope_theta", 10_000.0)
+        if not isinstance(params, dict):
+            raise HFError(f"{f.path}: rope_scaling={params!r} is not an object")
     kind = params.get("rope_type", params.get("type", "default"))
-    out: dict[str, Any] = {"rope_theta": float(theta)}
+    out: dict[str, Any] = {"rope_theta": as_float(theta, f.path, "rope_theta")}
 
-    def need(key: str) -> Any:
+    def need(key: str, convert: Callable[[Any, str, str], Any] = as_float) -> Any:
         if params.get(key) is None:
             raise HFError(f"{f.path}: missing required field {where}.{key}")
-        return params[key]
+        return convert(params[key], f.path, f"{where}.{key}")
 
     if kind == "default":
         out["rope_scaling"] = "none"
     elif kind == "linear":
-        out.update(rope_scaling="linear", rope_factor=float(need("factor")))
+        out.update(rope_scaling="linear", rope_factor=need("factor"))
     elif kind == "llama3":
-        out.update(rope_scaling="llama3", rope_factor=float(need("factor")),
-                   rope_low_freq_factor=float(need("low_freq_factor")),
-                   rope_high_freq_factor=float(need("high_freq_factor")),
-                   rope_original_max_len=int(need("original_max_position_embeddings")))
+        out.update(rope_scaling="llama3", rope_factor=need("factor"),
+                   rope_low_freq_factor=need("low_freq_factor"),
+                   rope_high_freq_factor=need("high_freq_factor"),
+                   rope_original_max_len=need("original_max_position_embeddings", as_int))
     else:
         raise HFError(f"{f.path}: {where}.rope_type={kind!r} is not supported; expected "
                       "'default', 'linear' or 'llama3'")
@@ -196,6 +236,9 @@ def _sliding_window(f: _Fields, arch: str) -> int:
     """The window when every layer slides, 0 when none does; mixed layers are refused."""
     window = f.values.get("sliding_window")
     layer_types = f.values.get("layer_types")
+    if layer_types and not (isinstance(layer_types, list)
+                            and all(isinstance(k, str) for k in layer_types)):
+        raise HFError(f"{f.path}: layer_types={layer_types!r} is not a list of strings")
     if layer_types:
         kinds = set(layer_types)
         if kinds == {"full_attention"}:
@@ -203,32 +246,34 @@ def _sliding_window(f: _Fields, arch: str) -> int:
         if kinds != {"sliding_attention"}:
             raise HFError(f"{f.path}: layer_types mixes {sorted(kinds)}; one attention kind "
                           "for all layers is supported")
-        return int(f.required("sliding_window"))
+        return f.integer("sliding_window")
     if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and not f.values.get(
             "use_sliding_window"):
         return 0
     if arch == "LlamaForCausalLM":
         return 0
-    return int(window or 0)
+    return as_int(window or 0, f.path, "sliding_window")
 
 
 def _llama_config(f: _Fields, arch: str) -> dict[str, Any]:
-    hidden = int(f.required("hidden_size"))
-    heads = int(f.required("num_attention_heads"))
+    hidden = f.integer("hidden_size")
+    heads = f.integer("num_attention_heads")
+    if heads <= 0:
+        raise HFError(f"{f.path}: num_attention_heads={heads} is not a positive integer")
     f.refuse("hidden_act", "silu", "the MLP is SwiGLU")
     f.refuse("mlp_bias", False, "the MLP has no biases")
     f.refuse("attention_bias", False, "an o_proj bias has no counterpart in the model")
     return {
         "family": "llama",
-        "vocab_size": int(f.required("vocab_size")),
+        "vocab_size": f.integer("vocab_size"),
         "d_model": hidden,
-        "n_layers": int(f.required("num_hidden_layers")),
+        "n_layers": f.integer("num_hidden_layers"),
         "n_heads": heads,
-        "n_kv_heads": int(f.optional("num_key_value_heads", heads)),
-        "head_dim": int(f.optional("head_dim", hidden // heads)),
-        "d_ff": int(f.required("intermediate_size")),
-        "max_seq_len": int(f.required("max_position_embeddings")),
-        "norm_eps": float(f.required("rms_norm_eps")),
+        "n_kv_heads": f.integer("num_key_value_heads", heads),
+        "head_dim": f.integer("head_dim", hidden // heads),
+        "d_ff": f.integer("intermediate_size"),
+        "max_seq_len": f.integer("max_position_embeddings"),
+        "norm_eps": f.number("rms_norm_eps"),
         "qkv_bias": arch == "Qwen2ForCausalLM",
         "qk_norm": arch == "Qwen3ForCausalLM",
         "sliding_window": _sliding_window(f, arch),
@@ -237,23 +282,25 @@ def _llama_config(f: _Fields, arch: str) -> dict[str, Any]:
 
 
 def _gpt2_config(f: _Fields) -> dict[str, Any]:
-    hidden = int(f.required("n_embd"))
-    heads = int(f.required("n_head"))
+    hidden = f.integer("n_embd")
+    heads = f.integer("n_head")
+    if heads <= 0:
+        raise HFError(f"{f.path}: n_head={heads} is not a positive integer")
     f.refuse("activation_function", GELU_TANH, "the MLP uses tanh-approximated GELU")
     f.refuse("scale_attn_weights", True, "attention scores are scaled by 1/sqrt(head_dim)")
     f.refuse("scale_attn_by_inverse_layer_idx", False, "no per-layer attention scaling")
     f.refuse("add_cross_attention", False, "decoder-only")
     return {
         "family": "gpt2",
-        "vocab_size": int(f.required("vocab_size")),
+        "vocab_size": f.integer("vocab_size"),
         "d_model": hidden,
-        "n_layers": int(f.required("n_layer")),
+        "n_layers": f.integer("n_layer"),
         "n_heads": heads,
         "n_kv_heads": heads,
         "head_dim": hidden // heads,
-        "d_ff": int(f.optional("n_inner", 4 * hidden)),
-        "max_seq_len": int(f.required("n_positions")),
-        "norm_eps": float(f.required("layer_norm_epsilon")),
+        "d_ff": f.integer("n_inner", 4 * hidden),
+        "max_seq_len": f.integer("n_positions"),
+        "norm_eps": f.number("layer_norm_epsilon"),
     }
 
 

@@ -241,3 +241,50 @@ def test_tokenizer_files_and_generation_config_travel(exported, tmp_path):
         assert (out / name).read_text() == (tok / name).read_text()
     assert json.loads((out / "config.json").read_text())["eos_token_id"] == 7
     assert hf.import_hf(str(out))[3] == str(out)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"hidden_size": 64,', r"config.json: not valid JSON"),
+    ("[1, 2]", r"config.json: expected a JSON object of config fields, got list"),
+])
+def test_malformed_config_json_names_the_file(hf_dir, text, message):
+    with open(os.path.join(hf_dir, "config.json"), "w") as f:
+        f.write(text)
+    with pytest.raises(hf.HFError, match=message):
+        hf.import_hf(hf_dir)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("hidden_size", "sixty-four", "hidden_size='sixty-four' is not an integer"),
+    ("num_hidden_layers", 2.5, "num_hidden_layers=2.5 is not an integer"),
+    ("rms_norm_eps", "tiny", "rms_norm_eps='tiny' is not a number"),
+    ("num_attention_heads", 0, "num_attention_heads=0 is not a positive integer"),
+    ("architectures", "LlamaForCausalLM", "architectures='LlamaForCausalLM'"),
+    ("rope_parameters", "llama3", "rope_parameters='llama3' is not an object"),
+])
+def test_config_field_of_the_wrong_type_names_the_key(hf_dir, field, value, message):
+    edit_config(hf_dir, lambda v: v.update({field: value}))
+    with pytest.raises(hf.HFError, match=f"config.json: {message}"):
+        hf.import_hf(hf_dir)
+
+
+def test_rope_field_of_the_wrong_type_names_the_key(hf_dir):
+    edit_config(hf_dir, lambda v: v["rope_parameters"].update(factor="eight"))
+    with pytest.raises(hf.HFError, match="rope_parameters.factor='eight' is not a number"):
+        hf.import_hf(hf_dir)
+
+
+@pytest.mark.parametrize("text", ['{"weight_map": {', '{"metadata": {}}', "[]",
+                                  '{"weight_map": {"model.norm.weight": 3}}'])
+def test_malformed_index_names_the_file(hf_dir, text):
+    with open(os.path.join(hf_dir, "model.safetensors.index.json"), "w") as f:
+        f.write(text)
+    with pytest.raises(hf.HFError, match=r"model.safetensors.index.json: (not valid JSON|"
+                                         r"expected a 'weight_map')"):
+        hf.import_hf(hf_dir)
+
+
+def test_import_dtype_is_named(hf_dir):
+    with pytest.raises(hf.HFError, match=r"import: dtype='flaot16'; expected one of"):
+        hf.import_hf(hf_dir, dtype="flaot16")
+
