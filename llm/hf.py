@@ -24,6 +24,7 @@ import mmap
 import os
 import shutil
 import struct
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -47,7 +48,7 @@ from llm.hf_config import (
 )
 from llm.model import DTYPES, ModelConfig, Transformer
 
-__all__ = ["HFError", "import_hf", "export_hf", "TOKENIZER_FILES"]
+__all__ = ["HFError", "import_hf", "export_hf", "check_new_dir", "TOKENIZER_FILES"]
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
@@ -498,9 +499,14 @@ def _token_ids(tokenizer_dir: str | None) -> dict[str, Any]:
 
 def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str, dtype: str = "bfloat16",
               tokenizer_dir: str | None = None, shard_size_bytes: int = 2 * 1024**3) -> None:
-    """Write a directory transformers loads: config, shards + index, tokenizer files."""
+    """Write a new directory transformers loads: config, shards + index, tokenizer files.
+
+    `out_dir` must not exist or be empty: files are written into a temporary sibling that
+    is renamed to `out_dir` at the end, so a failed export leaves nothing that looks whole.
+    """
     if dtype not in SAFETENSORS_DTYPES:
         raise HFError(f"export: dtype={dtype!r}; expected one of {sorted(SAFETENSORS_DTYPES)}")
+    check_new_dir(out_dir)
     flat = _flat_params(params)
     token_ids = _token_ids(tokenizer_dir)
     config = hf_config_json(model_cfg, dtype, token_ids)
@@ -509,7 +515,35 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str, dtype: str = "b
         for _, _, build in plan:
             build()
         return
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    # mkdir, not mkdtemp: the export keeps the umask's permissions, not 0700
+    tmp = os.path.join(os.path.dirname(out_dir),
+                       f".{os.path.basename(out_dir)}.partial-{uuid.uuid4().hex[:12]}")
+    os.mkdir(tmp)
+    try:
+        _write_export(tmp, plan, config, dtype, tokenizer_dir, shard_size_bytes)
+        check_new_dir(out_dir)  # another writer may have filled it meanwhile
+        os.replace(tmp, out_dir)  # POSIX: replaces a missing or empty directory only
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_new_dir(path: str) -> None:
+    """HFError unless `path` is missing or an empty directory (an export never mixes)."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise HFError(f"{path}: exists and is not a directory; export writes a new directory")
+    if os.listdir(path):
+        raise HFError(f"{path}: directory is not empty; export writes a new directory "
+                      "(choose another path)")
+
+
+def _write_export(out_dir: str, plan: list, config: dict[str, Any], dtype: str,
+                  tokenizer_dir: str | None, shard_size_bytes: int) -> None:
+    """The files of an export (shards, index, tokenizer, configs) into an empty `out_dir`."""
     itemsize = np.dtype(SAFETENSORS_DTYPES[dtype][1]).itemsize
     shards = list(_shards(plan, shard_size_bytes, itemsize))
     weight_map = {}

@@ -288,3 +288,30 @@ def test_import_dtype_is_named(hf_dir):
     with pytest.raises(hf.HFError, match=r"import: dtype='flaot16'; expected one of"):
         hf.import_hf(hf_dir, dtype="flaot16")
 
+
+def test_export_refuses_a_non_empty_directory_and_keeps_its_files(exported, tmp_path):
+    out = tmp_path / "other_model"
+    out.mkdir()
+    (out / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    (out / "config.json").write_text("{}")
+    with pytest.raises(hf.HFError, match="other_model: directory is not empty"):
+        hf.export_hf(CFG, exported[1], str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json",
+                                                     "model.safetensors.index.json"]
+    assert (out / "config.json").read_text() == "{}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    hf.export_hf(CFG, exported[1], str(empty))  # an empty directory is fine
+    assert (empty / "model.safetensors").is_file()
+
+
+def test_failed_export_leaves_no_directory(exported, tmp_path, monkeypatch):
+    def fail(path, tensors, dtype_name):
+        with open(path + ".tmp", "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hf, "_write_safetensors", fail)
+    with pytest.raises(OSError, match="disk full"):
+        hf.export_hf(CFG, exported[1], str(tmp_path / "out"), shard_size_bytes=40_000)
+    assert list(tmp_path.iterdir()) == []
