@@ -314,8 +314,10 @@ def save_params(workdir: str | os.PathLike, model_cfg: Any, params: Any,
     import shutil
 
     workdir = pathlib.Path(workdir).absolute()
-    if (workdir / "checkpoints").exists():
-        raise CheckpointError(f"{workdir}: already holds checkpoints; choose a new directory")
+    if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+        # its config.json, tokenizer/ or checkpoints would be overwritten or mixed with ours
+        raise CheckpointError(f"{workdir}: exists and is not an empty directory; choose a new "
+                              "directory")
     config = {"model": dataclasses.asdict(model_cfg)}
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=1, async_save=False)

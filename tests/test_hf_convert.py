@@ -94,3 +94,32 @@ def test_merge_lora_on_a_checkpoint_without_adapters_is_a_clear_error(script):
     graphdef, params = nnx.split(Transformer(ModelConfig(), nnx.Rngs(0)))
     with pytest.raises(script.ConvertError, match="no LoRA adapters"):
         script.merge_lora(graphdef, params)
+
+
+@pytest.fixture(scope="module")
+def small_hf_dir(tmp_path_factory):
+    """A tiny LLaMA in HF layout (our own export) with a tokenizer."""
+    from llm.model import ModelConfig, Transformer
+
+    cfg = ModelConfig(family="llama", vocab_size=200, d_model=64, n_layers=2, n_heads=4,
+                      n_kv_heads=2, head_dim=16, d_ff=96, max_seq_len=64)
+    path = tmp_path_factory.mktemp("small_hf") / "model"
+    hf.export_hf(cfg, nnx.split(Transformer(cfg, nnx.Rngs(0)))[1], str(path))
+    save_tokenizer(str(path))
+    return path
+
+
+def snapshot(path) -> dict[str, bytes]:
+    """Every file under `path` with its bytes, to show that nothing was touched."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+def test_save_params_refuses_a_non_empty_directory(small_hf_dir):
+    from llm.checkpoint import CheckpointError, save_params
+
+    before = snapshot(small_hf_dir)
+    with pytest.raises(CheckpointError, match="exists and is not an empty directory"):
+        save_params(small_hf_dir, None, None, tokenizer_dir=small_hf_dir)
+    assert snapshot(small_hf_dir) == before
+
