@@ -11,14 +11,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from absl import app, flags, logging
 from flax import nnx
 
 from llm import hf, sharding
-from llm.checkpoint import save_params
-from llm.model import ModelConfig
+from llm.checkpoint import CheckpointError, save_params
+from llm.model import DTYPES, ModelConfig
 
 MODE = flags.DEFINE_enum("mode", None, ["import", "export"], "Direction of the conversion.")
 HF_DIR = flags.DEFINE_string("hf_dir", None, "HF model directory: read by import, written "
@@ -60,31 +62,84 @@ def has_adapters(params: Any) -> bool:
     return any(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(params))
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO
+def check_flags() -> tuple[str, str]:
+    """(mode, output path) from the flags, checked before anything is loaded or written."""
     if MODE.value == "import":
         if not HF_DIR.value or not OUT.value:
             raise ConvertError("--mode=import needs --hf_dir and --out")
-        cfg, _, params, tokenizer_dir = hf.import_hf(
-            HF_DIR.value, mesh=sharding.make_mesh({"fsdp": -1}), dtype=DTYPE.value)
-        save_params(OUT.value, cfg, params, tokenizer_dir)
-        print(f"imported {HF_DIR.value} -> {OUT.value} ({cfg.family}, {cfg.n_layers} layers)")
+        out, out_flag, dtypes = OUT.value, "--out", DTYPES
     else:
+        if HF_DIR.value and OUT.value and HF_DIR.value != OUT.value:
+            raise ConvertError("--mode=export: --hf_dir and --out name the same output; give "
+                               "one")
         out = HF_DIR.value or OUT.value
         if not CHECKPOINT.value or not out:
             raise ConvertError("--mode=export needs --checkpoint and --hf_dir")
-        cfg, graphdef, params, tokenizer_dir = load_workdir(CHECKPOINT.value)
-        if MERGE_LORA.value:
-            params = merge_lora(graphdef, params)
-        elif has_adapters(params):
-            raise ConvertError(f"--checkpoint={CHECKPOINT.value} holds LoRA adapters; pass "
-                               "--merge_lora to fold them into the exported weights")
-        hf.export_hf(cfg, params, out, dtype=DTYPE.value or "bfloat16",
-                     tokenizer_dir=tokenizer_dir)
-        print(f"exported {CHECKPOINT.value} -> {out}")
+        out_flag, dtypes = "--hf_dir" if HF_DIR.value else "--out", hf.SAFETENSORS_DTYPES
+    if DTYPE.value is not None and DTYPE.value not in dtypes:
+        raise ConvertError(f"--dtype={DTYPE.value!r}: expected one of {sorted(dtypes)}")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ConvertError(f"{out_flag}={out!r}: exists and is not an empty directory; "
+                           "the conversion writes a new directory and overwrites nothing")
+    return MODE.value, out
+
+
+def load_checkpoint_flag(path: str) -> tuple[ModelConfig, nnx.GraphDef, Any, str | None]:
+    """`load_workdir(--checkpoint)`, its errors naming the flag rather than `init_from`."""
+    try:
+        return load_workdir(path)
+    except CheckpointError as e:
+        message = str(e)
+        if message.startswith(f"init_from={path!r}"):
+            message = f"--checkpoint={path!r}" + message[len(f"init_from={path!r}"):]
+        raise ConvertError(message) from None
+
+
+def convert() -> None:
+    """Run the conversion the flags ask for."""
+    mode, out = check_flags()
+    if mode == "import":
+        cfg, _, params, tokenizer_dir = hf.import_hf(
+            HF_DIR.value, mesh=sharding.make_mesh({"fsdp": -1}), dtype=DTYPE.value)
+        save_params(out, cfg, params, tokenizer_dir)
+        print(f"imported {HF_DIR.value} -> {out} ({cfg.family}, {cfg.n_layers} layers)")
+        return
+    cfg, graphdef, params, tokenizer_dir = load_checkpoint_flag(CHECKPOINT.value)
+    if MERGE_LORA.value:
+        params = merge_lora(graphdef, params)
+    elif has_adapters(params):
+        raise ConvertError(f"--checkpoint={CHECKPOINT.value} holds LoRA adapters; pass "
+                           "--merge_lora to fold them into the exported weights")
+    hf.export_hf(cfg, params, out, dtype=DTYPE.value or "bfloat16",
+                 tokenizer_dir=tokenizer_dir)
+    print(f"exported {CHECKPOINT.value} -> {out}")
+
+
+def main(argv: list[str]) -> None:
+    """Convert; bad input is one `error:` line on stderr and exit code 2, not a traceback."""
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO
+    try:
+        convert()
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl `flags_parser`: a bad or missing flag is one `error:` line and exit code 2."""
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    problem = ("--mode is required (import or export)" if MODE.value is None else
+               f"unexpected argument {rest[1]!r} (every input is a --flag)" if rest[1:] else None)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    return rest
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("mode")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

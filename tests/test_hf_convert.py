@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -33,6 +35,13 @@ def run(script, *args: str) -> None:
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["convert_hf", *args])
     script.main([])
+
+
+def convert(script, *args: str) -> None:
+    """The script's work for these flags, its errors raised rather than printed."""
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["convert_hf", *args])
+    script.convert()
 
 
 def save_tokenizer(path: str) -> None:
@@ -115,6 +124,71 @@ def snapshot(path) -> dict[str, bytes]:
             if p.is_file()}
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "convert_hf.py"),
+                           *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0], lines[0]
+
+
+def test_cli_bad_input_is_one_error_line_and_overwrites_nothing(small_hf_dir, tmp_path):
+    before = snapshot(small_hf_dir)
+    src = str(small_hf_dir)
+    # importing into the source directory used to overwrite its config.json
+    assert_one_error_line(run_cli("--mode=import", f"--hf_dir={src}", f"--out={src}"),
+                          f"--out={src!r}: exists and is not an empty directory")
+    assert snapshot(small_hf_dir) == before
+    # checked before the checkpoint is loaded (it does not even exist here)
+    assert_one_error_line(run_cli("--mode=export", f"--checkpoint={tmp_path / 'none'}",
+                                  f"--hf_dir={tmp_path / 'out'}", "--dtype=bf16"),
+                          "--dtype='bf16': expected one of")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"architectures": ')
+    assert_one_error_line(run_cli("--mode=import", f"--hf_dir={broken}",
+                                  f"--out={tmp_path / 'work'}"),
+                          f"{broken / 'config.json'}: not valid JSON")
+    assert not (tmp_path / "work").exists()
+
+
+def test_flag_errors_are_one_line(script, capsys):
+    for argv, expected in [(["--mode=sideways"], "--mode=sideways"),
+                           ([], "--mode is required"),
+                           (["--mode=import", "extra"], "unexpected argument 'extra'")]:
+        flags.FLAGS.unparse_flags()
+        with pytest.raises(SystemExit) as exit_info:
+            script.parse_flags(["convert_hf", *argv])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and expected in err and "\n" not in err, err
+
+
+def test_main_turns_errors_into_one_line_and_exit_2(script, tmp_path, capsys):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["convert_hf", "--mode=export", f"--checkpoint={tmp_path / 'none'}",
+                 f"--hf_dir={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: --checkpoint={str(tmp_path / 'none')!r}: no such directory\n")
+
+
+def test_import_refuses_a_non_empty_out(script, small_hf_dir, tmp_path):
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(script.ConvertError, match=r"--out=.*work': exists and is not an empty"):
+        convert(script, "--mode=import", f"--hf_dir={small_hf_dir}", f"--out={out}")
+    assert snapshot(out) == {"notes.txt": b"mine"}
+
+
 def test_save_params_refuses_a_non_empty_directory(small_hf_dir):
     from llm.checkpoint import CheckpointError, save_params
 
@@ -123,3 +197,28 @@ def test_save_params_refuses_a_non_empty_directory(small_hf_dir):
         save_params(small_hf_dir, None, None, tokenizer_dir=small_hf_dir)
     assert snapshot(small_hf_dir) == before
 
+
+def test_export_refuses_a_non_empty_hf_dir_before_loading(script, small_hf_dir, tmp_path):
+    before = snapshot(small_hf_dir)
+    with pytest.raises(script.ConvertError, match=r"--hf_dir=.*: exists and is not an empty"):
+        convert(script, "--mode=export", f"--checkpoint={tmp_path / 'none'}",
+                f"--hf_dir={small_hf_dir}")
+    assert snapshot(small_hf_dir) == before
+
+
+@pytest.mark.parametrize("mode", ["import", "export"])
+def test_dtype_is_checked_before_loading(script, small_hf_dir, tmp_path, mode):
+    source = (f"--hf_dir={small_hf_dir}" if mode == "import" else
+              f"--checkpoint={tmp_path / 'none'}")
+    out = f"--out={tmp_path / 'out'}"
+    with pytest.raises(script.ConvertError, match=r"^--dtype='flaot16': expected one of"):
+        convert(script, f"--mode={mode}", source, out, "--dtype=flaot16")
+
+
+def test_checkpoint_errors_name_the_flag(script, small_hf_dir, tmp_path):
+    with pytest.raises(script.ConvertError, match=r"^--checkpoint='.*none': no such directory"):
+        convert(script, "--mode=export", f"--checkpoint={tmp_path / 'none'}",
+                f"--hf_dir={tmp_path / 'out'}")
+    with pytest.raises(script.ConvertError, match=r"^--checkpoint='.*model': expected a "):
+        convert(script, "--mode=export", f"--checkpoint={small_hf_dir}",
+                f"--hf_dir={tmp_path / 'out'}")
