@@ -7,6 +7,9 @@
   python scripts/convert_hf.py --mode=export --checkpoint=DIR --hf_dir=H [--merge_lora]
       [--dtype=bfloat16]
       writes H, a directory transformers loads, with the tokenizer from DIR/tokenizer/.
+
+The output (--out, --hf_dir on export) must be new or an empty directory: nothing is ever
+overwritten or mixed. Bad input is one `error: ...` line on stderr and exit code 2.
 """
 
 from __future__ import annotations
