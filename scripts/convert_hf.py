@@ -73,8 +73,8 @@ def check_flags() -> tuple[str, str]:
         out, out_flag, dtypes = OUT.value, "--out", DTYPES
     else:
         if HF_DIR.value and OUT.value and HF_DIR.value != OUT.value:
-            raise ConvertError("--mode=export: --hf_dir and --out name the same output; give "
-                               "one")
+            raise ConvertError("--mode=export: --hf_dir and --out both name the output "
+                               "directory, differently; give one")
         out = HF_DIR.value or OUT.value
         if not CHECKPOINT.value or not out:
             raise ConvertError("--mode=export needs --checkpoint and --hf_dir")
