@@ -17,9 +17,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """SFT config; variants: `model=<size>` and one of `lora`, `qlora`, `prefix`."""
     args = base.parse_arg(arg)
     config = base.base_config("sft", model=str(args.pop("model", "tiny")))
-    for method in METHODS:
-        if args.pop(method, False):
-            config.peft.method = method
+    chosen = [method for method in METHODS if args.pop(method, False)]
+    if len(chosen) > 1:
+        raise ValueError(f"configs/sft.py: variants {chosen}: choose one of {METHODS}")
+    if chosen:
+        config.peft.method = chosen[0]
     if args:
         raise ValueError(f"configs/sft.py: unknown variants {sorted(args)}; expected "
                          f"model=<size> and optionally one of {METHODS}")

@@ -35,12 +35,19 @@ def load_module(path: str) -> Any:
     file = pathlib.Path(path)
     if not file.is_file():
         raise ConfigError(f"--config={path}: no such config file")
+    if file.suffix != ".py":
+        raise ConfigError(f"--config={path}: expected a Python config file (.py) defining "
+                          "get_config(arg)")
     root = str(pathlib.Path(__file__).resolve().parents[1])
     if root not in sys.path:  # so `from configs import base` works from any cwd
         sys.path.insert(0, root)
     spec = importlib.util.spec_from_file_location(f"_llm_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # the user's file: report it, not our import machinery
+        raise ConfigError(f"--config={path}: the file failed to load: "
+                          f"{type(error).__name__}: {error}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"--config={path}: the file defines no get_config(arg)")
     return module
@@ -53,6 +60,9 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"--config={path}: get_config must return an ml_collections.ConfigDict")
     config.lock()
+    # model.size refills the whole model section: apply it first, so that a model key given
+    # on the command line survives whatever its position relative to model.size.
+    overrides = sorted(overrides, key=lambda item: item.partition("=")[0] != "model.size")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -214,7 +224,11 @@ def absl_flags_parser(argv: list[str]) -> list[str]:
     from absl import flags
 
     spec, overrides, rest = split_argv(argv[1:])
-    flags.FLAGS([argv[0], *rest])
+    try:
+        flags.FLAGS([argv[0], *rest])
+    except flags.Error as error:  # e.g. a mistyped --cofig.total_steps
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     _CLI.update(spec=spec, overrides=overrides)
     return [argv[0]]
 

@@ -24,6 +24,27 @@ class OptimConfigError(ValueError):
     """An optimiser or schedule setting that is out of range."""
 
 
+def check(optim: Mapping[str, Any]) -> None:
+    """Refuse out-of-range `optim.*` values with one error naming the key."""
+    ranges = {  # key: (lowest, highest, whether the highest is allowed)
+        "lr": (0.0, float("inf"), False), "min_lr_ratio": (0.0, 1.0, True),
+        "weight_decay": (0.0, float("inf"), False), "b1": (0.0, 1.0, False),
+        "b2": (0.0, 1.0, False), "eps": (0.0, float("inf"), False),
+        "clip_norm": (0.0, float("inf"), False),
+    }
+    for key, (low, high, high_ok) in ranges.items():
+        value = float(optim[key])
+        if not (low <= value < high or (high_ok and value == high)):
+            shown = f"[{low}, {high}{']' if high_ok else ')'}" if high < float("inf") \
+                else f">= {low}"
+            raise OptimConfigError(f"optim.{key}={optim[key]}: expected {shown}"
+                                   + (" (0 turns clipping off)" if key == "clip_norm" else ""))
+    if int(optim["grad_accum"]) < 1:
+        raise OptimConfigError(f"optim.grad_accum={optim['grad_accum']}: expected >= 1")
+    if int(optim["warmup_steps"]) < 0:
+        raise OptimConfigError(f"optim.warmup_steps={optim['warmup_steps']}: expected >= 0")
+
+
 def schedule(optim: Mapping[str, Any], total_steps: int) -> optax.Schedule:
     """Learning rate per step: linear warmup then cosine / linear / WSD decay or constant."""
     name, peak = optim["schedule"], float(optim["lr"])
@@ -33,7 +54,7 @@ def schedule(optim: Mapping[str, Any], total_steps: int) -> optax.Schedule:
         raise OptimConfigError(f"optim.schedule={name!r}: expected one of {SCHEDULES}")
     if warmup < 0 or total_steps <= 0:
         raise OptimConfigError("optim.warmup_steps must be >= 0 and total_steps > 0")
-    warmup = min(warmup, total_steps)
+    warmup = min(warmup, total_steps)  # the training loop says so on the console
     ramp = optax.linear_schedule(0.0 if warmup else peak, peak, max(warmup, 1))
     rest = max(total_steps - warmup, 1)
     if name == "constant":
@@ -68,10 +89,7 @@ def make_optimizer(optim: Mapping[str, Any], total_steps: int
     name = optim["name"]
     if name not in OPTIMIZERS:
         raise OptimConfigError(f"optim.name={name!r}: expected one of {OPTIMIZERS}")
-    if float(optim["lr"]) < 0:
-        raise OptimConfigError(f"optim.lr={optim['lr']}: expected >= 0")
-    if int(optim["grad_accum"]) < 1:
-        raise OptimConfigError(f"optim.grad_accum={optim['grad_accum']}: expected >= 1")
+    check(optim)
     lr = schedule(optim, total_steps)
     mask = decay_mask if optim["decay_mask"] == "default" else None
     if optim["decay_mask"] not in ("default", "all"):

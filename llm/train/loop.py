@@ -24,7 +24,13 @@ from llm import attention as attn_lib
 from llm import config as config_lib
 from llm import metrics as metrics_lib
 from llm import optim, sharding
-from llm.checkpoint import Checkpointer, CheckpointError, copy_params, load_model
+from llm.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    copy_params,
+    load_model,
+    resolve_step_dir,
+)
 from llm.model import ModelConfig
 from llm.train import state as state_lib
 from llm.train.task import Task
@@ -75,6 +81,46 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def _check_run_settings(config: ml_collections.ConfigDict) -> None:
+    """Cheap checks of keys that would otherwise fail after data preparation, at the first
+    evaluation, or silently."""
+    def need(ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            value = config
+            for part in key.split("."):
+                value = value[part]
+            raise config_lib.ConfigError(f"{key}={value!r}: expected {expected}")
+
+    need(config.seq_len >= 1, "seq_len", ">= 1")
+    need(config.num_epochs >= 0, "num_epochs", ">= 0 (0 = use total_steps)")
+    need(config.num_epochs > 0 or config.total_steps >= 1, "total_steps",
+         ">= 1 (or set num_epochs)")
+    need(0 <= config.seed < 2**32, "seed", "an integer in [0, 2**32)")
+    need(config.eval.every_steps == 0 or config.eval.steps >= 1, "eval.steps",
+         ">= 1 batches per evaluation (or eval.every_steps=0)")
+    need(config.eval.min_delta >= 0, "eval.min_delta", ">= 0")
+    need(config.train.z_loss >= 0, "train.z_loss", ">= 0")
+    need(config.train.spike_sigma >= 0, "train.spike_sigma", ">= 0")
+    need(0 < config.train.spike_decay < 1, "train.spike_decay", "in (0, 1)")
+    need(config.train.spike_warmup >= 0, "train.spike_warmup", ">= 0")
+    need(not config.log.wandb or config.log.wandb_mode in WANDB_MODES, "log.wandb_mode",
+         f"one of {', '.join(WANDB_MODES)}")
+    need(config.peft.method == "none" or bool(config.init_from), "init_from",
+         f"a base model for peft.method={config.peft.method!r} (its adapters train on a "
+         "frozen base: a workdir, checkpoint or hf:DIR)")
+    optim.check(config.optim)
+    _model_config(config)  # enum and shape errors now, not after the data is prepared
+    if config.init_from.startswith("hf:"):
+        from llm.hf_config import load_config_json
+
+        load_config_json(config.init_from[3:])
+    elif config.init_from:
+        resolve_step_dir(config.init_from)
+
+
 def _check_loop_settings(config: ml_collections.ConfigDict, mesh) -> None:
     for key in ("checkpoint.every_steps", "log.every_steps", "checkpoint.keep"):
         section, name = key.split(".")
@@ -97,11 +143,17 @@ def _check_loop_settings(config: ml_collections.ConfigDict, mesh) -> None:
 
 def _resolve_model_config(config: ml_collections.ConfigDict, vocab_size: int | None
                           ) -> ModelConfig:
-    from llm import peft
-
+    """The model config once the data's tokenizer fixes the vocabulary size."""
     if vocab_size and vocab_size != config.model.vocab_size:
         print(f"model.vocab_size {config.model.vocab_size} -> {vocab_size} (the tokenizer's)")
         config.model.vocab_size = vocab_size
+    return _model_config(config)
+
+
+def _model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """`config.model` with the `peft.*` overrides, validated."""
+    from llm import peft
+
     if config.seq_len > config.model.max_seq_len:
         raise config_lib.ConfigError(
             f"seq_len={config.seq_len}: longer than model.max_seq_len={config.model.max_seq_len}")
@@ -117,14 +169,15 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
     # ---------------------------------------------------------------- workdir and config
     if not config.workdir:
         raise config_lib.ConfigError("--config.workdir: required (where checkpoints go)")
-    workdir = pathlib.Path(config.workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = _make_workdir(config)
     sharding.maybe_initialize_distributed()
     is_primary = jax.process_index() == 0
     if task is None:
         from llm.train import get_task
 
         task = get_task(config.task)(config)
+    _check_run_settings(config)
+    task.check()
 
     # ---------------------------------------------------------------- mesh
     mesh = sharding.make_mesh(dict(config.mesh.shape))
@@ -141,8 +194,15 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
             config.total_steps = total_steps
     if total_steps <= 0:
         raise config_lib.ConfigError(f"total_steps={total_steps}: expected > 0")
+    if int(config.optim.warmup_steps) > total_steps:
+        print(f"optim.warmup_steps={config.optim.warmup_steps} exceeds the run's "
+              f"{total_steps} steps: the learning rate warms up over all of them", flush=True)
     resolved = json.loads(config_lib.to_json(config))
-    _copy_tokenizer(train_data.tokenizer_dir, workdir, is_primary)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
+                                async_save=config.checkpoint.async_save,
+                                crash_before_commit_step=config.debug.crash_before_commit_step)
+    _check_same_run(workdir, resolved, checkpointer)
+    _copy_tokenizer(train_data.tokenizer_dir, workdir, is_primary, bool(checkpointer.steps()))
 
     # ---------------------------------------------------------------- model and optimiser
     tx, schedule = optim.make_optimizer(config.optim, total_steps)
@@ -152,17 +212,13 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
     frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
 
     # ---------------------------------------------------------------- checkpoint / resume
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
-                                async_save=config.checkpoint.async_save,
-                                crash_before_commit_step=config.debug.crash_before_commit_step)
     train_iter = train_data.make_iterator()
     loop_state = {"best_eval_loss": None, "evals_since_best": 0, "tokens_seen": 0}
     if config.peft.method != "none":  # adapters record the base they were trained on
         from llm import lora
 
         loop_state["base_hash"] = lora.base_hash(frozen)
-    restored = _maybe_resume(checkpointer, workdir, resolved, state, state_shardings,
-                             train_iter)
+    restored = _maybe_resume(checkpointer, state, state_shardings, train_iter)
     start_step = 0
     if restored is not None:
         base_hash = loop_state.get("base_hash")
@@ -325,16 +381,55 @@ def _check_same_architecture(loaded: ModelConfig, run: ModelConfig, init_from: s
         print(f"init_from={init_from}: this run uses {line}")
 
 
-def _maybe_resume(checkpointer, workdir, resolved, state, state_shardings, train_iter):
+def _make_workdir(config: ml_collections.ConfigDict) -> pathlib.Path:
+    """The absolute workdir, created; refused when it is a file or another tool's folder
+    (e.g. a Hugging Face model whose config.json a run would overwrite)."""
+    workdir = pathlib.Path(config.workdir).absolute()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise config_lib.ConfigError(f"--config.workdir={config.workdir}: cannot create it "
+                                     f"({error.strerror})") from None
+    saved = workdir / "config.json"
+    if saved.exists() and not isinstance(_read_run_config(saved), dict):
+        raise config_lib.ConfigError(
+            f"--config.workdir={config.workdir}: holds a config.json that is not a training "
+            "run's (a model folder?); a run would overwrite it. Use a new workdir.")
+    return workdir
+
+
+def _read_run_config(path: pathlib.Path) -> dict | None:
+    """A saved run config (it has a 'task'), or None for any other JSON or text."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and "task" in saved else None
+
+
+def _check_same_run(workdir: pathlib.Path, resolved: dict, checkpointer) -> None:
+    """Refuse a workdir that holds a run with a different config (checkpoints or not).
+
+    The workdir's config.json is the record; when it is gone, the newest checkpoint's own
+    copy is (a different model would otherwise fail to restore and be set aside as corrupt).
+    """
+    steps = checkpointer.steps()
+    saved_file = workdir / "config.json"
+    if not saved_file.exists() and steps:
+        saved_file = checkpointer.directory / str(steps[-1]) / "config" / "metadata"
+    saved = _read_run_config(saved_file) if saved_file.exists() else None
+    if saved is None:
+        return
+    changed = config_lib.changed_keys(saved, resolved)
+    if changed:
+        raise TrainingError(
+            f"{workdir} holds a run with a different config; changed keys: "
+            f"{', '.join(changed)}. Use a new workdir, or revert these keys.")
+
+
+def _maybe_resume(checkpointer, state, state_shardings, train_iter):
     if not checkpointer.steps():
         return None
-    saved_config = workdir / "config.json"
-    if saved_config.exists():
-        changed = config_lib.changed_keys(json.loads(saved_config.read_text()), resolved)
-        if changed:
-            raise TrainingError(
-                f"{workdir} holds a run with a different config; changed keys: "
-                f"{', '.join(changed)}. Use a new workdir, or revert these keys.")
     restored = checkpointer.restore_latest(state, state_shardings, train_iter)
     if restored is None:
         print("no readable checkpoint; starting from scratch", flush=True)
@@ -397,7 +492,11 @@ def _early_stop(loop_state: dict, eval_metrics: dict, config) -> bool:
     return config.eval.patience > 0 and loop_state["evals_since_best"] >= config.eval.patience
 
 
-def _copy_tokenizer(tokenizer_dir, workdir: pathlib.Path, is_primary: bool) -> None:
+def _copy_tokenizer(tokenizer_dir, workdir: pathlib.Path, is_primary: bool,
+                    has_checkpoints: bool) -> None:
+    """Keep `workdir/tokenizer` equal to the data's tokenizer: copy it, replace a stale one
+    (e.g. left by a failed earlier attempt), or refuse when checkpoints were trained on a
+    different one."""
     import shutil
 
     if tokenizer_dir is None or not is_primary:
@@ -405,6 +504,20 @@ def _copy_tokenizer(tokenizer_dir, workdir: pathlib.Path, is_primary: bool) -> N
     target = workdir / "tokenizer"
     if pathlib.Path(tokenizer_dir).resolve() == target.resolve():
         return
+    if target.exists() and not _same_files(pathlib.Path(tokenizer_dir), target):
+        if has_checkpoints:
+            raise TrainingError(f"{target}: differs from the data's tokenizer {tokenizer_dir}, "
+                                "and this workdir's checkpoints were trained with it. Use a "
+                                "new workdir, or the data prepared with that tokenizer.")
+        shutil.rmtree(target)
     if not target.exists():
         shutil.copytree(tokenizer_dir, target)
+
+
+def _same_files(a: pathlib.Path, b: pathlib.Path) -> bool:
+    """True when two folders hold the same file names with the same bytes."""
+    names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    if names != sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()):
+        return False
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
 

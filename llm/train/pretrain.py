@@ -30,6 +30,17 @@ def prepared_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     return prepare_lib.prepare(data)
 
 
+def validation_batches(prepared: pathlib.Path, kind: str, config) -> int:
+    """Full global validation batches (0 when the split is missing or too small)."""
+    from llm.data import DataError, loaders
+
+    try:
+        return loaders.num_batches(prepared, "validation", kind, config.seq_len,
+                                   config.batch_size)
+    except DataError:  # no records for the split at all
+        return 0
+
+
 class PretrainTask(Task):
     """Causal LM on packed token windows."""
 
@@ -62,8 +73,18 @@ class PretrainTask(Task):
                            batches_per_epoch=loaders.num_batches(
                                prepared, "train", self.kind, config.seq_len,
                                config.batch_size))
-        evaluation = DataSource(make("validation", False, 1))
-        return train, evaluation
+        if train.batches_per_epoch == 0:
+            raise ValueError(f"--config.data.path={config.data.path}: the train split holds "
+                             f"less than one batch (batch_size={config.batch_size}, "
+                             f"seq_len={config.seq_len}); add data or lower batch_size")
+        if config.eval.every_steps == 0:
+            return train, None
+        if validation_batches(prepared, self.kind, config) == 0:
+            raise ValueError(
+                f"--config.data.path={config.data.path}: the validation split holds less than "
+                f"one batch (batch_size={config.batch_size}); raise "
+                "data.split.validation, lower batch_size, or set eval.every_steps=0")
+        return train, DataSource(make("validation", False, 1))
 
     def loss(self, model: Transformer, batch, rng):
         logits_BTV, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"],

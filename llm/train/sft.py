@@ -33,6 +33,20 @@ class SftTask(PretrainTask):
     name = "sft"
     kind = "sft"
 
+    def check(self) -> None:
+        """The `sft.*` eval keys, before training starts (not at the first evaluation)."""
+        sft = self.config.sft
+        if not sft.eval_file:
+            return
+        if sft.eval_verifier not in VERIFIERS:
+            raise ValueError(f"sft.eval_verifier={sft.eval_verifier!r}: expected one of "
+                             f"{sorted(VERIFIERS)}")
+        for key in ("eval_examples", "eval_max_new_tokens"):
+            if sft[key] < 1:
+                raise ValueError(f"sft.{key}={sft[key]}: expected >= 1")
+        if not read_eval_rows(sft.eval_file):
+            raise ValueError(f"sft.eval_file={sft.eval_file}: no prompt/answer rows")
+
     def loader(self):
         from llm.data import loaders
 
@@ -77,8 +91,12 @@ VERIFIERS = {"exact": _exact, "arithmetic": _arithmetic}
 
 def read_eval_rows(path: str) -> list[dict]:
     """`prompt`/`answer` rows of a JSONL file; errors name the file and line."""
+    try:
+        lines = pathlib.Path(path).read_text().splitlines()
+    except OSError as error:
+        raise ValueError(f"sft.eval_file={path}: {error.strerror}") from None
     rows = []
-    for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

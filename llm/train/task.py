@@ -38,6 +38,9 @@ class Task:
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
 
+    def check(self) -> None:
+        """Validate the task's own config keys (before any data is prepared)."""
+
     def datasets(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                  workdir: pathlib.Path) -> tuple[DataSource, DataSource | None]:
         """Training and (optional) evaluation streams for this process."""
