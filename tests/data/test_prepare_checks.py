@@ -1,5 +1,7 @@
 """prepare(): every setting is checked before the output folder is touched, with the key named."""
 
+import json
+
 import pytest
 from test_prepare import _config, _doc
 
@@ -58,3 +60,14 @@ def test_no_training_documents_message_names_no_missing_file(raw, tmp_path):
     assert "min_words" in str(e.value)
     assert "removed.jsonl" not in str(e.value) or (out / "removed.jsonl").exists()
 
+
+def test_vocab_smaller_than_asked_is_reported(raw, tmp_path, capsys):
+    out = prepare(_config(raw, tmp_path / "out", **{"tokenizer.vocab_size": 100_000}))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["vocab_size"] < 100_000
+    warning = capsys.readouterr().err
+    assert "tokenizer.vocab_size=100000" in warning and str(meta["vocab_size"]) in warning
+    report = json.loads((out / "report.json").read_text())
+    assert report["tokenizer"] == {"requested_vocab_size": 100_000,
+                                   "vocab_size": meta["vocab_size"]}
+    assert any("tokenizer.vocab_size" in w for w in report["warnings"])
