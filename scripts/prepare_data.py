@@ -4,6 +4,8 @@
         --config.inputs=PATH[,PATH...] --config.output_dir=DIR
 """
 
+import sys
+
 from absl import app
 
 from llm import config as config_lib
@@ -17,7 +19,8 @@ def main(argv):
     try:
         out = prepare(config_lib.cli_config())
     except (DataError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(f"prepared: {out}")
 
 

@@ -13,6 +13,8 @@ import re
 import unicodedata
 from collections import Counter
 
+from llm.data import DataError
+
 try:
     import ftfy
 except ImportError:  # optional: the `data` extra installs it
@@ -147,11 +149,22 @@ def quality_problem(text: str, f) -> str | None:
     return None
 
 
+NORMALIZATIONS = ("NFC", "NFD", "NFKC", "NFKD")
+
+
+def check_config(c) -> None:
+    """Raise DataError naming a bad `clean.*` setting (config.clean)."""
+    if c.normalization and c.normalization not in NORMALIZATIONS:
+        raise DataError(f"clean.normalization must be one of {', '.join(NORMALIZATIONS)} or '' "
+                        f"(none), got {c.normalization!r}")
+    check_filter_names(c.filters.enabled)
+
+
 def check_filter_names(enabled: str) -> None:
-    """Raise ValueError naming an unknown filter in a comma-separated list."""
+    """Raise DataError naming an unknown filter in a comma-separated list."""
     for name in (x.strip() for x in enabled.split(",")):
         if name and name not in FILTERS:
             from difflib import get_close_matches
 
-            raise ValueError(f"unknown filter {name!r} in clean.filters.enabled; close: "
+            raise DataError(f"unknown filter {name!r} in clean.filters.enabled; close: "
                              f"{get_close_matches(name, FILTERS)}; all: {FILTERS}")

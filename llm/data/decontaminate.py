@@ -11,7 +11,16 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from llm.data import dedup
+from llm.data import DataError, dedup
+
+ACTIONS = ("drop", "report")  # drop contaminated training documents, or only list them
+
+
+def check_config(d) -> None:
+    """Raise DataError naming a bad `decontaminate.*` setting (config.decontaminate)."""
+    dedup.check_ngram(d.ngram, "decontaminate.ngram")
+    if d.action not in ACTIONS:
+        raise DataError(f"decontaminate.action must be one of {ACTIONS}, got {d.action!r}")
 
 
 def ngram_set(texts: Iterable[str], n: int, batch: int = 512) -> np.ndarray:

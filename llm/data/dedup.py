@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
+from llm.data import DataError
+
 try:
     import numba
 except ImportError:  # the `data` extra installs it; without it the numpy path runs
@@ -43,6 +45,8 @@ _R = None  # filled below, once _mix exists: 32 odd constants for n-gram positio
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
 _EMPTY = np.uint32(0xFFFFFFFF)
+UNITS = ("word", "char")
+VERIFY = ("estimate", "jaccard")  # MinHash agreement | exact shingle Jaccard
 
 
 def exact_key(text: str) -> str:
@@ -66,11 +70,37 @@ def _powers(base: int, n: int) -> np.ndarray:
     return np.cumprod(out, dtype=_U64)
 
 
-def _check(ngram: int, unit: str) -> None:
+def check_ngram(ngram: int, key: str) -> None:
+    """Raise DataError naming `key` unless 1 <= ngram <= the longest n-gram hashed."""
     if not 1 <= ngram <= len(_R):
-        raise ValueError(f"dedup.ngram must be in 1..{len(_R)}, got {ngram}")
-    if unit not in ("word", "char"):
-        raise ValueError(f"dedup.ngram_unit must be 'word' or 'char', got {unit!r}")
+        raise DataError(f"{key} must be in 1..{len(_R)}, got {ngram}")
+
+
+def _check(ngram: int, unit: str) -> None:
+    check_ngram(ngram, "ngram")
+    if unit not in UNITS:
+        raise DataError(f"dedup.ngram_unit must be one of {UNITS}, got {unit!r}")
+
+
+def check_config(d) -> None:
+    """Raise DataError naming the first out-of-range `dedup.*` setting (config.dedup)."""
+    check_ngram(d.ngram, "dedup.ngram")
+    _check(d.ngram, d.ngram_unit)
+    if d.num_perm < 1:
+        raise DataError(f"dedup.num_perm must be >= 1, got {d.num_perm}")
+    if not 0 < d.threshold <= 1:  # a Jaccard similarity: pairs at or above it are duplicates
+        raise DataError(f"dedup.threshold is a Jaccard similarity: expected 0 < threshold <= 1,"
+                        f" got {d.threshold}")
+    if not 0 < d.target_recall <= 1:
+        raise DataError(f"dedup.target_recall must be in (0, 1], got {d.target_recall}")
+    if d.bands < 0 or d.rows < 0 or (d.bands > 0) != (d.rows > 0) or \
+            d.bands * d.rows > d.num_perm:
+        raise DataError(f"dedup.bands={d.bands}, dedup.rows={d.rows}: set both with bands * "
+                        f"rows <= dedup.num_perm ({d.num_perm}), or both 0 to choose them")
+    if d.verify not in VERIFY:
+        raise DataError(f"dedup.verify must be one of {VERIFY}, got {d.verify!r}")
+    if d.max_bucket < 2:
+        raise DataError(f"dedup.max_bucket must be >= 2, got {d.max_bucket}")
 
 
 def _encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

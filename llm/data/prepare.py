@@ -6,8 +6,14 @@
       meta.json                        tokenizer, dtype, counts per split and stream, source hashes
       report.json                      documents/tokens in and out of every stage, drops per filter
       removed.jsonl                    one row per dropped document, with the reason
-      manifest.json                    input hashes + settings: a rerun with the same ones reuses
-                                       finished stages; anything else needs data.overwrite=True
+      manifest.json                    settings + hashes of the inputs, eval files and given
+                                       tokenizer: a rerun with the same ones reuses finished
+                                       stages; a finished dataset made from others is replaced
+                                       only with data.overwrite=True, an unfinished one freely
+      _work/                           cached stage results, for the shard count in shards.json
+
+Every setting is checked before the output folder is touched; replacing removes only the
+files above, never the user's own.
 
 Stages run on one `executors.Executor` (inline, a local process pool or Ray); see stages.py.
 """
@@ -17,19 +23,27 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+from collections import Counter
 
 import ml_collections
 import numpy as np
 import xxhash
 
-from llm.data import DataError, clean, report, stages
-from llm.data.executors import Executor
+from llm.data import DataError, clean, decontaminate, dedup, report, stages, tokenizer
+from llm.data.executors import EXECUTORS, Executor
+from llm.data.loaders import META_FILE
+from llm.data.mixture import check_sources, mixture_weights
 from llm.data.records import token_dtype
-from llm.data.sources import list_input_files, splits_by_bytes
+from llm.data.sources import input_paths, list_input_files, splits_by_bytes
 from llm.data.split import check_fractions
 from llm.data.tokenizer import Tokenizer, train_tokenizer
 
 MANIFEST = "manifest.json"
+SHARDS = "shards.json"  # in _work: the shard count the cached stages were cut into
+# Everything the pipeline writes into an output folder (meta first: without it, the folder
+# no longer counts as finished); nothing else there is ever removed.
+OUTPUTS = (META_FILE, META_FILE + ".tmp", "report.json", "removed.jsonl", "records",
+           "tokenizer", stages.WORK, MANIFEST, "manifest.tmp")
 # Settings that change how, not what, is produced: a rerun may change them freely.
 _NOT_IN_MANIFEST = ("path", "output_dir", "overwrite", "executor", "num_workers")
 
@@ -37,38 +51,121 @@ _NOT_IN_MANIFEST = ("path", "output_dir", "overwrite", "executor", "num_workers"
 def is_prepared(path: str | pathlib.Path) -> bool:
     """True when `path` is a finished prepared directory (meta.json and tokenizer present)."""
     p = pathlib.Path(path)
-    return p.is_dir() and (p / "meta.json").exists() and (p / "tokenizer").is_dir()
+    return p.is_dir() and (p / META_FILE).exists() and (p / "tokenizer").is_dir()
 
 
-def _manifest(cfg: ml_collections.ConfigDict, files: list[pathlib.Path]) -> dict:
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_MANIFEST}
-    inputs = []
+def check_config(c: ml_collections.ConfigDict) -> None:
+    """Raise DataError naming the first bad setting; nothing is read or written before this."""
+    if not c.output_dir:
+        raise DataError("data.output_dir is empty: say where prepared data should go")
+    if c.executor not in EXECUTORS:
+        raise DataError(f"data.executor must be one of {EXECUTORS}, got {c.executor!r}")
+    for key in ("num_workers", "num_shards"):
+        if c[key] < 0:
+            raise DataError(f"data.{key} must be >= 0, got {c[key]}")
+    check_fractions(c.split.validation, c.split.test)
+    clean.check_config(c.clean)
+    dedup.check_config(c.dedup)
+    decontaminate.check_config(c.decontaminate)
+    tokenizer.check_config(c.tokenizer)
+    mixture_weights(c.mixture.weights)
+
+
+def _hashes(files: list[pathlib.Path]) -> list[dict]:
+    """Path, size and xxh3-128 of each file's contents."""
+    out = []
     for f in files:
         h = xxhash.xxh3_128()
         with open(f, "rb") as fh:
             for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
                 h.update(block)
-        inputs.append({"path": str(f), "bytes": f.stat().st_size, "xxh3_128": h.hexdigest()})
-    return {"settings": settings, "inputs": inputs}
+        out.append({"path": str(f), "bytes": f.stat().st_size, "xxh3_128": h.hexdigest()})
+    return out
+
+
+def _manifest(cfg: ml_collections.ConfigDict, files: list[pathlib.Path]) -> dict:
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_MANIFEST}
+    manifest = {"settings": settings, "inputs": _hashes(files)}
+    # Files read besides the inputs: editing one must not leave a stale dataset 'prepared'.
+    if cfg.decontaminate.eval_files:
+        manifest["eval_files"] = _hashes(list_input_files(cfg.decontaminate.eval_files,
+                                                          "decontaminate.eval_files"))
+    if cfg.tokenizer.path:
+        manifest["tokenizer_files"] = _hashes(Tokenizer.files(cfg.tokenizer.path))
+    return manifest
+
+
+def _output_dir(output_dir: str, inputs: str, files: list[pathlib.Path]) -> pathlib.Path:
+    """`output_dir`, unless it is a file or overlaps the inputs (its outputs would become
+    inputs of the next run)."""
+    out = pathlib.Path(output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DataError("data.output_dir is an existing file, not a directory", str(out))
+    where = out.resolve()
+    for root in input_paths(inputs):
+        if root.is_dir() and (where == root.resolve() or root.resolve() in where.parents):
+            raise DataError(f"data.output_dir lies inside the input directory {root}, so its "
+                            "outputs would be read as inputs; choose a folder outside it",
+                            str(out))
+    if any(where == f.resolve() or where in f.resolve().parents for f in files):
+        raise DataError("data.output_dir must not contain the inputs", str(out))
+    return out
+
+
+def _write_json(path: pathlib.Path, value) -> None:
+    """Write JSON atomically: a reader sees the old file or the whole new one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def _remove_outputs(out: pathlib.Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete what the pipeline wrote into `out` (not `keep`); the user's own files stay."""
+    for name in OUTPUTS:
+        p = out / name
+        if name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
 
 
 def _claim_output(out: pathlib.Path, manifest: dict, overwrite: bool) -> None:
-    """Create `out`, or accept it if it holds the same manifest; never silently replace it."""
+    """Create `out`, resume it (same manifest), or replace the pipeline's files in it: an
+    unfinished run's freely, a finished dataset's only with overwrite. Never the user's files."""
     if out.exists() and any(out.iterdir()):
-        old = out / MANIFEST
-        same = old.exists() and json.loads(old.read_text()) == manifest
-        if not same:
-            if not overwrite:
-                raise DataError("output directory exists and was prepared from other inputs "
-                                "or settings (or is not a prepared directory); choose another "
-                                "data.output_dir or set data.overwrite=True", str(out))
-            if (out / MANIFEST).exists() or (out / "meta.json").exists():
-                shutil.rmtree(out)
-            else:
-                raise DataError("refusing to overwrite a directory that is not a prepared "
-                                "dataset", str(out))
-    (out / stages.WORK).mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        try:
+            old = json.loads((out / MANIFEST).read_text())
+        except FileNotFoundError:
+            old = None
+        except json.JSONDecodeError:
+            old = {}  # ours, but damaged: never the same as a new manifest
+        if old == manifest:
+            return
+        if old is None and not (out / META_FILE).exists():
+            names = sorted(p.name for p in out.iterdir())
+            raise DataError(f"output directory is not a prepared dataset (it holds "
+                            f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); "
+                            "choose a new or empty data.output_dir", str(out))
+        if is_prepared(out) and not overwrite:
+            raise DataError("output directory holds a dataset prepared from other inputs or "
+                            "settings; choose another data.output_dir or set "
+                            "data.overwrite=True", str(out))
+        _remove_outputs(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / MANIFEST, manifest)
+
+
+def _match_shards(out: pathlib.Path, k: int) -> None:
+    """Cached stages hold one result per shard: if an interrupted run used another shard count
+    (num_workers may change between runs), start its work over."""
+    record = out / stages.WORK / SHARDS
+    old = json.loads(record.read_text())["num_shards"] if record.exists() else None
+    if old != k:
+        _remove_outputs(out, keep=(MANIFEST,))
+        (out / stages.WORK).mkdir()
+        _write_json(record, {"num_shards": k})
 
 
 def _stage(out: pathlib.Path, name: str, compute):
@@ -77,41 +174,38 @@ def _stage(out: pathlib.Path, name: str, compute):
     if done.exists():
         return json.loads(done.read_text())
     result = compute()
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(done)
+    _write_json(done, result)
     return result
 
 
 def prepare(data_config: ml_collections.ConfigDict) -> pathlib.Path:
     """Run the whole pipeline for `data_config` (configs/data.py); returns the output dir."""
     c = data_config
+    check_config(c)
     inputs = c.inputs or c.path
-    if not c.output_dir:
-        raise DataError("data.output_dir is empty: say where prepared data should go")
-    check_fractions(c.split.validation, c.split.test)
-    clean.check_filter_names(c.clean.filters.enabled)
-    out = pathlib.Path(c.output_dir)
     files = list_input_files(inputs)
-    if out.resolve() in [f.resolve() for f in files] or any(
-            out.resolve() in f.resolve().parents for f in files):
-        raise DataError("output directory must not contain the inputs", str(out))
+    out = _output_dir(c.output_dir, inputs, files)
+    check_sources(mixture_weights(c.mixture.weights), [str(f) for f in files])
+    if c.tokenizer.path:
+        Tokenizer.load(c.tokenizer.path)  # a missing or corrupt one fails before any writing
     manifest = _manifest(c, files)
     _claim_output(out, manifest, c.overwrite)
     if is_prepared(out):
         return out
+    k = c.num_shards if c.num_shards > 0 else max(1, c.num_workers)
+    _match_shards(out, k)
     with Executor(c.executor, c.num_workers) as ex:  # one worker pool for every stage
-        _run_stages(c, out, files, manifest, ex)
+        _run_stages(c, out, files, manifest, ex, k)
     return out
 
 
 def _run_stages(c: ml_collections.ConfigDict, out: pathlib.Path, files: list[pathlib.Path],
-                manifest: dict, ex: Executor) -> None:
-    """scan → dedup → decontaminate → tokenizer → tokenise → report, each reused if done."""
+                manifest: dict, ex: Executor, k: int) -> None:
+    """scan → dedup → decontaminate → tokenizer → tokenise → report over `k` shards, each
+    stage reused if done."""
     inputs = c.inputs or c.path
     cfg = c.to_dict()
     names = [str(f) for f in files]
-    k = c.num_shards if c.num_shards > 0 else max(1, c.num_workers)
     run = ex.run
 
     def scan_stage():
@@ -151,11 +245,8 @@ def _run_stages(c: ml_collections.ConfigDict, out: pathlib.Path, files: list[pat
         return sorted(o for h in hits for o in h)
 
     contaminated = _stage(out, "decontaminate", decontaminate_stage)
-    if c.decontaminate.action == "drop":
+    if c.decontaminate.action == "drop":  # else 'report': listed in removed.jsonl, kept
         dropped.update({o: ("contamination", None) for o in contaminated})
-    elif c.decontaminate.action != "report":
-        raise DataError(f"decontaminate.action must be 'drop' or 'report', got "
-                        f"{c.decontaminate.action!r}")
 
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer_config.json").exists():
@@ -165,8 +256,8 @@ def _run_stages(c: ml_collections.ConfigDict, out: pathlib.Path, files: list[pat
             texts = (stages.content_key(r["kind"], r["fields"]) for s in range(k)
                      for r in stages.iter_spill(str(out), s)
                      if r["split"] == "train" and r["o"] not in dropped)
-            texts = _nonempty(texts, "no training documents are left after cleaning, "
-                              "deduplication and decontamination (see removed.jsonl)", out)
+            texts = _nonempty(texts, "no training documents are left: "
+                              f"{_losses(scans, dropped)}", out)
             train_tokenizer(texts, tok_dir, c.tokenizer.vocab_size, c.tokenizer.model_type,
                             c.tokenizer.byte_fallback, c.tokenizer.max_sentences,
                             seed=c.seed)
@@ -175,6 +266,10 @@ def _run_stages(c: ml_collections.ConfigDict, out: pathlib.Path, files: list[pat
     written = _stage(out, "tokenise", lambda: run(
         stages.tokenise_shard, [(cfg, str(out), s, dropped, str(tok_dir), dtype)
                                 for s in range(k)]))
+    if not any(n["documents"] for shard in written for key, n in shard.items()
+               if key.startswith("train/")):
+        raise DataError(f"the train split is empty: {_losses(scans, dropped)}; mixture.weights "
+                        f"({c.mixture.weights!r}) kept no copy of the rest", str(out))
     report.write(out, c, scans, dd["stats"], contaminated, dropped, written, tok, dtype,
                  manifest, bad)
 
@@ -189,14 +284,25 @@ def _nonempty(items, message: str, where):
         raise DataError(message, str(where))
 
 
+def _losses(scans: list[dict], dropped: dict) -> str:
+    """How many documents were read and where they went, for an empty-train-split error."""
+    reasons: Counter = Counter()
+    for s in scans:
+        reasons.update({f"filter:{k}": n for k, n in s["counts"]["filters"].items()})
+    reasons.update(reason for reason, _ in dropped.values())
+    removed = ", ".join(f"{k}={n}" for k, n in sorted(reasons.items())) or "none"
+    read = sum(s["counts"]["documents"] for s in scans)
+    return (f"{read} documents read, removed {removed}, the rest assigned to validation/test "
+            "(split.validation, split.test)")
+
+
 def _eval_file_ngrams(c) -> np.ndarray:
     """n-gram hashes of the named evaluation files (any input format)."""
-    from llm.data import decontaminate
     from llm.data.sources import read_records
 
     if not c.decontaminate.eval_files:
         return np.zeros(0, np.uint64)
     texts = (stages.content_key(r.kind, r.fields)
-             for f in list_input_files(c.decontaminate.eval_files)
+             for f in list_input_files(c.decontaminate.eval_files, "decontaminate.eval_files")
              for r in read_records(f, c.text_field))
     return decontaminate.ngram_set(texts, c.decontaminate.ngram, stages.BATCH)

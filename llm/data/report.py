@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 
 from llm.data.loaders import META_FILE
 
@@ -67,7 +68,10 @@ def write(out: pathlib.Path, c, scans: list, dedup_stats: dict, contaminated: li
          "tokens_out": sum(v["tokens"] for st in splits.values() for v in st.values())},
     ]
     report = {"stages": stages, "bad_records": bad, "dedup": dedup_stats, "splits": splits,
-              "kinds": sorted({k for s in scans for k in s["kinds"]})}
+              "kinds": sorted({k for s in scans for k in s["kinds"]}),
+              "tokenizer": {"requested_vocab_size": None if c.tokenizer.path
+                            else c.tokenizer.vocab_size, "vocab_size": tok.vocab_size},
+              "warnings": warnings(c, tok)}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     meta = {"format": FORMAT, "dtype": dtype, "vocab_size": tok.vocab_size,
             "tokenizer": "tokenizer", "bos_id": tok.bos_id, "eos_id": tok.eos_id,
@@ -77,7 +81,19 @@ def write(out: pathlib.Path, c, scans: list, dedup_stats: dict, contaminated: li
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(out / META_FILE)
     print(summary(report))
+    for line in report["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     return report
+
+
+def warnings(c, tok) -> list[str]:
+    """What the user asked for but did not get (so far: a smaller trained vocabulary)."""
+    # sentencepiece stops early on a small corpus (hard_vocab_limit=False): the data is fine
+    # and the model takes its size from meta.json, but the user must know.
+    if c.tokenizer.path or tok.vocab_size >= c.tokenizer.vocab_size:
+        return []
+    return [f"tokenizer.vocab_size={c.tokenizer.vocab_size} was asked for, but this corpus "
+            f"supports only {tok.vocab_size} pieces: the tokenizer has {tok.vocab_size}"]
 
 
 def summary(report: dict) -> str:

@@ -77,28 +77,41 @@ def _base_suffix(path: pathlib.Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def list_input_files(inputs: Sequence[str] | str) -> list[pathlib.Path]:
-    """Expand comma-separated paths / directories into a sorted, stable list of input files."""
+def input_paths(inputs: Sequence[str] | str) -> list[pathlib.Path]:
+    """The paths named by comma-separated `inputs` (files or directories), as given."""
     if isinstance(inputs, str):
-        inputs = [p for p in inputs.split(",") if p.strip()]
-    if not inputs:
-        raise DataError("no inputs given (set data.inputs or data.path)")
+        inputs = inputs.split(",")
+    return [pathlib.Path(p.strip()).expanduser() for p in inputs if p.strip()]
+
+
+def list_input_files(inputs: Sequence[str] | str, key: str = "data.inputs"
+                     ) -> list[pathlib.Path]:
+    """Expand comma-separated paths / directories into a sorted, stable list of input files.
+
+    A directory contributes its files with a known suffix; a file named outright must have
+    one too (read as text otherwise, a .csv or .json array would silently become one document).
+    """
+    paths = input_paths(inputs)
+    if not paths:
+        raise DataError(f"no inputs given (set {key})")
+    known = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+    accepted = f"{', '.join(known)}, optionally .gz/.zst"
     files: list[pathlib.Path] = []
-    for raw in inputs:
-        path = pathlib.Path(raw.strip()).expanduser()
+    for path in paths:
         if not path.exists():
-            raise DataError("input path does not exist", str(path))
+            raise DataError(f"{key} names an input path that does not exist", str(path))
         if path.is_dir():
-            known = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
             found = sorted(p for p in path.rglob("*") if p.is_file()
                            and not any(part.startswith(".") for part in p.relative_to(path).parts)
                            and _base_suffix(p) in known)
             if not found:
-                raise DataError(f"directory holds no input files ({', '.join(known)}, "
-                                "optionally .gz/.zst)", str(path))
+                raise DataError(f"directory holds no input files ({accepted})", str(path))
             files.extend(found)
-        else:
+        elif _base_suffix(path) in known:
             files.append(path)
+        else:
+            raise DataError(f"{key}: unknown input format {_base_suffix(path) or '(no suffix)'};"
+                            f" expected {accepted}", str(path))
     return files
 
 

@@ -7,6 +7,8 @@ or adding files never moves a document from train into validation or back.
 
 from __future__ import annotations
 
+import math
+
 import xxhash
 
 from llm.data import DataError
@@ -15,10 +17,13 @@ SPLITS = ("train", "validation", "test")
 
 
 def check_fractions(validation: float, test: float) -> None:
-    """Raise DataError unless 0 <= validation, test and validation + test < 1."""
-    if validation < 0 or test < 0 or validation + test >= 1:
-        raise DataError(f"split fractions must be >= 0 and sum below 1; got validation="
-                        f"{validation}, test={test}")
+    """Raise DataError unless validation and test are finite, >= 0 and sum below 1."""
+    for key, value in (("split.validation", validation), ("split.test", test)):
+        if not (math.isfinite(value) and value >= 0):
+            raise DataError(f"{key} must be a finite fraction >= 0, got {value}")
+    if validation + test >= 1:
+        raise DataError(f"split.validation + split.test must be below 1 (training needs the "
+                        f"rest); got {validation} + {test}")
 
 
 def split_of(key: str, validation: float, test: float) -> str:

@@ -20,7 +20,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from llm.data import DataError, chat, clean, decontaminate, dedup, sources, split
+from llm.data import chat, clean, decontaminate, dedup, sources, split
 from llm.data.mixture import mixture_weights, repeats
 from llm.data.records import ShardWriter, shard_prefix
 from llm.data.tokenizer import Tokenizer
@@ -177,10 +177,8 @@ def _verify(c, out, num_shards, order, sig, pairs) -> np.ndarray:
     """Which candidate pairs reach the threshold (true shingle Jaccard or estimate)."""
     if len(pairs) == 0:
         return np.zeros(0, bool)
-    if c.dedup.verify == "estimate":
+    if c.dedup.verify == "estimate":  # else 'jaccard' (dedup.check_config allows no other)
         return dedup.estimated_jaccard(sig, pairs) >= c.dedup.threshold
-    if c.dedup.verify != "jaccard":
-        raise DataError(f"dedup.verify must be 'jaccard' or 'estimate', got {c.dedup.verify!r}")
     need = set(order[np.unique(pairs)].tolist())
     texts = {}
     for k in range(num_shards):

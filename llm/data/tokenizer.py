@@ -62,7 +62,11 @@ class Tokenizer:
                 raise DataError(f"invalid JSON ({e.msg})", str(config_path), e.lineno) from e
         if (directory / SPM_FILE).exists():
             path = directory / SPM_FILE
-            backend = spm.SentencePieceProcessor(model_file=str(path))
+            try:
+                backend = spm.SentencePieceProcessor(model_file=str(path))
+            except (RuntimeError, OSError) as e:
+                raise DataError("not a readable sentencepiece model (corrupt or truncated?): "
+                                f"{str(e).strip()}", str(path)) from None
             config.setdefault("pad_id", backend.pad_id())
             config.setdefault("bos_id", backend.bos_id())
             config.setdefault("eos_id", backend.eos_id())
@@ -79,7 +83,10 @@ class Tokenizer:
         except ImportError as e:  # pragma: no cover - depends on the install
             raise DataError("reading tokenizer.json needs `pip install tokenizers`", str(path))\
                 from e
-        backend = tokenizers.Tokenizer.from_file(str(path))
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as e:  # the Rust side raises a bare Exception
+            raise DataError(f"not a readable tokenizers file: {e}", str(path)) from None
 
         def piece_id(piece: str) -> int:
             i = backend.token_to_id(piece)
@@ -93,6 +100,15 @@ class Tokenizer:
         if config["pad_id"] < 0:
             config["pad_id"] = max(config["eos_id"], 0)
         return cls(backend, "tokenizers", _with_roles(config, piece_id), path)
+
+    @staticmethod
+    def files(path: str | pathlib.Path) -> list[pathlib.Path]:
+        """The files `load(path)` reads (config and model), e.g. to hash them."""
+        directory = pathlib.Path(path)
+        if directory.is_file():
+            directory = directory.parent
+        return [directory / n for n in (CONFIG_FILE, SPM_FILE, HF_FILE)
+                if (directory / n).is_file()]
 
     def save(self, directory: str | pathlib.Path) -> pathlib.Path:
         """Copy the model file and write tokenizer_config.json into `directory`."""
@@ -208,6 +224,22 @@ def _with_roles(config: dict, piece_id) -> dict:
     return config
 
 
+MODEL_TYPES = ("bpe", "unigram")
+
+
+def check_config(t) -> None:
+    """Raise DataError naming a bad `tokenizer.*` setting (config.tokenizer)."""
+    if t.model_type not in MODEL_TYPES:
+        raise DataError(f"tokenizer.model_type must be one of {MODEL_TYPES}, got "
+                        f"{t.model_type!r}")
+    fixed = 4 + len(ROLE_TOKENS) + (256 if t.byte_fallback else 0)
+    if t.vocab_size <= fixed:
+        raise DataError(f"tokenizer.vocab_size must exceed the {fixed} special, role"
+                        f"{' and byte' if t.byte_fallback else ''} pieces, got {t.vocab_size}")
+    if t.max_sentences < 1:
+        raise DataError(f"tokenizer.max_sentences must be >= 1, got {t.max_sentences}")
+
+
 def train_tokenizer(
     texts: Iterable[str],
     out_dir: str | pathlib.Path,
@@ -225,8 +257,8 @@ def train_tokenizer(
     Documents are cut into lines-groups of at most `max_sentence_length` characters;
     at most `max_sentences` of them are kept by reservoir sampling, so the corpus streams.
     """
-    if model_type not in ("bpe", "unigram"):
-        raise DataError(f"tokenizer model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    if model_type not in MODEL_TYPES:
+        raise DataError(f"tokenizer.model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     rng = random.Random(seed)
     sample: list[str] = []
     seen = 0
@@ -256,7 +288,8 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise DataError(f"sentencepiece training failed: {e}") from e
+        raise DataError(f"sentencepiece training failed (tokenizer.vocab_size={vocab_size}): "
+                        f"{str(e).strip()}") from None
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SPM_FILE).write_bytes(model.getvalue())

@@ -238,3 +238,23 @@ def test_prepare_data_script(corpus, tmp_path):
                                     f"--config.output_dir={tmp_path / 'o2'}"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "does not exist" in bad.stderr
+
+
+def test_prepare_data_script_corrupt_tokenizer_is_one_error_line(corpus, tmp_path):
+    import subprocess
+    import sys
+
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.model").write_bytes(b"garbage")
+    root = pathlib.Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "scripts/prepare_data.py", "--config=configs/data.py",
+           f"--config.inputs={corpus}", f"--config.output_dir={tmp_path / 'out'}",
+           f"--config.tokenizer.path={tok}"]
+    done = subprocess.run(cmd, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: {tok / 'tokenizer.model'}: not a readable sentencepiece model")
+    assert not (tmp_path / "out").exists()

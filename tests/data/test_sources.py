@@ -85,3 +85,17 @@ def test_compressed_jsonl_shards_by_line_and_corruption_names_the_file(tmp_path)
     truncated.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
     with pytest.raises(DataError, match=r"cut.jsonl.gz:\d+: unreadable"):
         _read(truncated)
+
+
+@pytest.mark.parametrize("name", ["rows.json", "table.csv", "rows.jsonl.bz2", "README"])
+def test_unknown_suffix_of_a_named_file_is_refused(tmp_path, name):
+    (tmp_path / name).write_text('[{"text": "a b c"}]')
+    with pytest.raises(DataError, match=r"unknown input format.*\.jsonl.*\.gz/\.zst"):
+        sources.list_input_files(str(tmp_path / name))
+
+
+def test_known_suffixes_of_named_files_are_read(tmp_path):
+    for name in ("a.txt", "b.jsonl.gz", "c.PY"):
+        (tmp_path / name).write_text("x")
+    names = ",".join(str(tmp_path / n) for n in ("a.txt", "b.jsonl.gz", "c.PY"))
+    assert len(sources.list_input_files(names)) == 3

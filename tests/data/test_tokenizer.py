@@ -82,3 +82,9 @@ def test_tokenizers_json_backend(tmp_path):
     assert tok.decode(tok.encode("hello world")) == "hello world"
     tok.save(tmp_path / "copy")
     assert Tokenizer.load(tmp_path / "copy").encode("hello") == tok.encode("hello")
+
+
+def test_corrupt_model_file_names_it(tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    with pytest.raises(DataError, match="tokenizer.model: not a readable sentencepiece"):
+        Tokenizer.load(tmp_path)
