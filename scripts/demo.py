@@ -171,7 +171,11 @@ def main(argv: list[str]) -> None:
     for name in _STAGES.value:
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
-        result = stages[name](workdir)
+        try:
+            result = stages[name](workdir)
+        except (ValueError, RuntimeError) as error:  # bad input: one line, no traceback
+            print(f"error: stage {name}: {error}", file=sys.stderr)
+            sys.exit(2)
         summary.append((name, time.perf_counter() - start, _headline(name, result)))
     png = plot_curves(workdir)
     print("\n| stage | seconds | result |\n|---|---|---|")

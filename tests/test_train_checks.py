@@ -132,11 +132,18 @@ def test_sft_eval_keys_are_checked_before_training(tmp_path, override, message):
     assert not (tmp_path / "run" / "data").exists()  # refused before preparing anything
 
 
-def test_a_validation_split_smaller_than_a_batch_is_refused_before_training(tmp_path):
+def test_a_validation_split_smaller_than_a_batch_is_said_and_the_task_eval_still_runs(
+        tmp_path, capsys):
     from test_sft import sft_config, write_copy_task
 
     data, held_out = write_copy_task(tmp_path, n_train=60, n_eval=5)
-    config = sft_config(tmp_path / "run", data, held_out, "total_steps=2")
-    with pytest.raises(ValueError, match="validation split holds less than one batch"):
-        train(config)
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    config = sft_config(tmp_path / "run", data, held_out, "total_steps=2",
+                        "eval.every_steps=2", "sft.eval_examples=2",
+                        "sft.eval_max_new_tokens=2")
+    result = train(config)
+    assert "validation split holds less than one batch" in capsys.readouterr().out
+    assert "eval_answer_accuracy" in result and "eval_loss" not in result
+    patient = sft_config(tmp_path / "run2", data, held_out, "total_steps=2",
+                         "eval.every_steps=2", "eval.patience=2")
+    with pytest.raises(ConfigError, match="eval.patience=2: early stopping needs a validation"):
+        train(patient)

@@ -218,7 +218,7 @@ def _with_roles(config: dict, piece_id) -> dict:
     config = dict(config)
     if "role_ids" not in config:
         roles = {role: piece_id(tok) for role, tok in ROLE_TOKENS.items()}
-        unk = config.get("unk_id", -1)  # noqa: the config may come from a foreign tokenizer
+        unk = config.get("unk_id", -1)  # the config may come from a foreign tokenizer
         config["role_ids"] = {r: i for r, i in roles.items() if i >= 0 and i != unk}
     config.setdefault("chat_template", DEFAULT_CHAT_TEMPLATE)
     return config

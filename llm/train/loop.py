@@ -194,6 +194,10 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
             config.total_steps = total_steps
     if total_steps <= 0:
         raise config_lib.ConfigError(f"total_steps={total_steps}: expected > 0")
+    if eval_data is None and config.eval.every_steps > 0 and config.eval.patience > 0:
+        raise config_lib.ConfigError(f"eval.patience={config.eval.patience}: early stopping "
+                                     "needs a validation loss, and this run has no validation "
+                                     "split (see above)")
     if int(config.optim.warmup_steps) > total_steps:
         print(f"optim.warmup_steps={config.optim.warmup_steps} exceeds the run's "
               f"{total_steps} steps: the learning rate warms up over all of them", flush=True)
@@ -253,10 +257,13 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
     peak_flops, _ = metrics_lib.device_peak_flops()
 
     def evaluate_all(params: Any, step: int) -> dict[str, float]:
-        """Validation loss and perplexity plus the task's own evaluation, printed."""
-        metrics = _evaluate(eval_step, params, frozen, eval_data, mesh, config, task)
+        """Validation loss and perplexity (when there is a validation split) plus the task's
+        own evaluation, printed."""
+        metrics = {} if eval_data is None else _evaluate(eval_step, params, frozen, eval_data,
+                                                         mesh, config, task)
         metrics.update(task.evaluate(nnx.merge(graphdef, params, frozen), step))
-        print(" | ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+        if metrics:
+            print(" | ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
         return metrics
 
     # ---------------------------------------------------------------- loop
@@ -288,7 +295,7 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
                                     last_read, flops_per_token, peak_flops, final_metrics)
             pending = (step, device_metrics, digest, tokens)
             at_checkpoint = step % config.checkpoint.every_steps == 0 or step == total_steps
-            at_eval = eval_data is not None and config.eval.every_steps > 0 and (
+            at_eval = config.eval.every_steps > 0 and (
                 step % config.eval.every_steps == 0 or step == total_steps)
             preempted = stop.agreed()
             if at_checkpoint or at_eval or preempted:
@@ -316,7 +323,7 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
             # (scripts, sweeps) still get the finished state's evaluation.
             print(f"run already complete at step {step} of {total_steps}; evaluating it",
                   flush=True)
-            if eval_data is not None and config.eval.every_steps > 0:
+            if config.eval.every_steps > 0:
                 final_metrics.update(evaluate_all(state["params"], step))
         if pending is not None:
             _report(pending, writer, config, total_steps, first_step, last_read,

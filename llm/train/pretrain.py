@@ -80,10 +80,10 @@ class PretrainTask(Task):
         if config.eval.every_steps == 0:
             return train, None
         if validation_batches(prepared, self.kind, config) == 0:
-            raise ValueError(
-                f"--config.data.path={config.data.path}: the validation split holds less than "
-                f"one batch (batch_size={config.batch_size}); raise "
-                "data.split.validation, lower batch_size, or set eval.every_steps=0")
+            print(f"data.path={config.data.path}: the validation split holds less than one "
+                  f"batch (batch_size={config.batch_size}), so no validation loss is reported; "
+                  "raise data.split.validation or lower batch_size for one", flush=True)
+            return train, None
         return train, DataSource(make("validation", False, 1))
 
     def loss(self, model: Transformer, batch, rng):
