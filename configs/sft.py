@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (full, LoRA, QLoRA or prefix) on chat or prompt/response JSONL.
+"""Supervised fine-tuning (full, LoRA, QLoRA or prefix) on chat JSONL ('messages' rows).
 
 python scripts/train.py --config=configs/sft.py:model=tiny,lora --config.init_from=PRETRAIN_DIR \
     --config.data.path=chat.jsonl --config.workdir=DIR

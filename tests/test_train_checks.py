@@ -28,6 +28,7 @@ from llm.train.loop import train
     ("train.spike_decay=1.5", "train.spike_decay=1.5: expected in \\(0, 1\\)"),
     ("peft.method=lora", "init_from='': expected a base model for peft.method='lora'"),
     ("model.remat=sometimes", "remat"),
+    ("mesh.rules.embed=fsdpp", "mesh.rules.embed='fsdpp': expected a mesh axis"),
 ])
 def test_bad_keys_are_refused_before_any_data_is_read(tmp_path, override, message):
     class NoData(SyntheticTask):

@@ -35,6 +35,16 @@ def shard_prefix(root: str | pathlib.Path, split: str, stream: str, shard: int) 
     return pathlib.Path(root) / RECORDS_DIR / split / f"{stream}-{shard:05d}"
 
 
+# The input rows each record stream is made from (llm/data/stages.py tokenise_shard).
+_STREAM_ROWS = {
+    "text": "a text field (data.text_field), or plain text files",
+    "sft": "a 'messages' list of {role, content} turns (chat)",
+    "chosen": "'prompt', 'chosen' and 'rejected' (preferences)",
+    "rejected": "'prompt', 'chosen' and 'rejected' (preferences)",
+    "prompt": "a 'prompt' (and an 'answer') but no text field (RL prompts)",
+}
+
+
 class ShardWriter:
     """Append documents to one shard; `close()` writes the offsets and returns counts."""
 
@@ -81,8 +91,10 @@ class RecordSet:
         prefixes = sorted(p.with_name(p.name[: -len(".offsets.npy")])
                           for p in directory.glob(f"{stream}-*.offsets.npy"))
         if not prefixes:
-            raise DataError(f"no '{stream}' records for split '{split}' (is the data of "
-                            "another kind, or the split empty?)", str(directory))
+            rows = _STREAM_ROWS.get(stream, "another kind")
+            raise DataError(f"no '{stream}' records for split '{split}': this needs input rows "
+                            f"with {rows} (is the data of another kind, or the split empty?)",
+                            str(directory))
         self.dtype = np.dtype(dtype)
         self._tokens, self._masks, self._offsets, self._extras = [], [], [], []
         for prefix in prefixes:

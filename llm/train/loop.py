@@ -112,6 +112,9 @@ def _check_run_settings(config: ml_collections.ConfigDict) -> None:
          f"a base model for peft.method={config.peft.method!r} (its adapters train on a "
          "frozen base: a workdir, checkpoint or hf:DIR)")
     optim.check(config.optim)
+    for name, axis in config.mesh.rules.items():
+        need(axis in ("", None, *sharding.MESH_AXES), f"mesh.rules.{name}",
+             f"a mesh axis ({', '.join(sharding.MESH_AXES)}) or '' to replicate")
     _model_config(config)  # enum and shape errors now, not after the data is prepared
     if config.init_from.startswith("hf:"):
         from llm.hf_config import load_config_json
