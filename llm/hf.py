@@ -44,6 +44,7 @@ from llm.hf_config import (
     layer_split,
     load_config_json,
     model_config_from_hf,
+    read_json,
     source,
 )
 from llm.model import DTYPES, ModelConfig, Transformer
@@ -95,21 +96,9 @@ def _header(path: str) -> dict[str, _Tensor]:
             raise HFError(f"{path}: not a safetensors file ({type(e).__name__}: {e})") from e
 
 
-def _read_json(path: str) -> Any:
-    """The parsed JSON file at `path`, or HFError naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise HFError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
-                      f"{e.colno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise HFError(f"{path}: cannot be read ({e})") from None
-
-
 def _weight_map(index_path: str) -> dict[str, str]:
     """{tensor: shard file} from a safetensors index, or HFError naming the file and key."""
-    index = _read_json(index_path)
+    index = read_json(index_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(
             isinstance(v, str) for v in weight_map.values()):
@@ -490,7 +479,7 @@ def _token_ids(tokenizer_dir: str | None) -> dict[str, Any]:
     path = os.path.join(tokenizer_dir or "", "generation_config.json")
     if not tokenizer_dir or not os.path.isfile(path):
         return {}
-    values = _read_json(path)
+    values = read_json(path)
     if not isinstance(values, dict):
         raise HFError(f"{path}: expected a JSON object, got {type(values).__name__}")
     return {k: values[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")

@@ -164,19 +164,24 @@ def layer_split(path: tuple[Any, ...], cfg: ModelConfig) -> tuple[Path, int | No
     return path, None
 
 
-def load_config_json(hf_dir: str) -> dict[str, Any]:
-    """The parsed config.json of `hf_dir`, or HFError naming the missing file."""
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
-        raise HFError(f"{hf_dir}: no config.json (not a Hugging Face model directory)")
+def read_json(path: str) -> Any:
+    """The parsed JSON file at `path`, or HFError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
-            values = json.load(f)
+            return json.load(f)
     except json.JSONDecodeError as e:
         raise HFError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
                       f"{e.colno})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise HFError(f"{path}: cannot be read ({e})") from None
+
+
+def load_config_json(hf_dir: str) -> dict[str, Any]:
+    """The parsed config.json of `hf_dir`, or HFError naming the missing file."""
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise HFError(f"{hf_dir}: no config.json (not a Hugging Face model directory)")
+    values = read_json(path)
     if not isinstance(values, dict):
         raise HFError(f"{path}: expected a JSON object of config fields, got "
                       f"{type(values).__name__}")
