@@ -148,3 +148,23 @@ def test_a_validation_split_smaller_than_a_batch_is_said_and_the_task_eval_still
                          "eval.every_steps=2", "eval.patience=2")
     with pytest.raises(ConfigError, match="eval.patience=2: early stopping needs a validation"):
         train(patient)
+
+
+def test_data_tokenised_with_another_vocabulary_than_the_base_is_refused(tmp_path):
+    """Same vocabulary size, different pieces: the ids would silently mean other tokens."""
+    from test_sft import sft_config, write_copy_task
+
+    from llm.checkpoint import CheckpointError
+
+    data, held_out = write_copy_task(tmp_path, n_train=120, n_eval=5)
+    (tmp_path / "other").mkdir()
+    other_data, _ = write_copy_task(tmp_path / "other", n_train=120, n_eval=5, seed=1)
+    other_data.write_text(other_data.read_text().replace("repeat", "echo twice"))
+    for name, source in (("base", data), ("other", other_data)):
+        train(sft_config(tmp_path / name, source, held_out, "total_steps=1",
+                         "eval.every_steps=0"))
+    config = sft_config(tmp_path / "run", data, held_out, "total_steps=1", "eval.every_steps=0",
+                        f"init_from={tmp_path / 'base'}",
+                        f"data.tokenizer.path={tmp_path / 'other' / 'tokenizer'}")
+    with pytest.raises(CheckpointError, match="its tokenizer .* differs from the one the data"):
+        train(config)

@@ -213,7 +213,8 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
 
     # ---------------------------------------------------------------- model and optimiser
     tx, schedule = optim.make_optimizer(config.optim, total_steps)
-    graphdef, params, frozen = _build_params(task, model_cfg, config, mesh, rules)
+    graphdef, params, frozen = _build_params(task, model_cfg, config, mesh, rules,
+                                             train_data.tokenizer_dir)
     state = jax.jit(lambda p: state_lib.new_state(p, tx, config.seed))(params)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
@@ -341,7 +342,8 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
     return final_metrics
 
 
-def _build_params(task: Task, model_cfg: ModelConfig, config, mesh, rules):
+def _build_params(task: Task, model_cfg: ModelConfig, config, mesh, rules,
+                  tokenizer_dir: pathlib.Path | None = None):
     """(graphdef, trainable params, frozen rest): born sharded, base from init_from, then
     `peft.*` adapters or quantisation applied on top (the base must be loaded first)."""
     from llm import peft
@@ -357,6 +359,7 @@ def _build_params(task: Task, model_cfg: ModelConfig, config, mesh, rules):
                 f"init_from={config.init_from}: its vocabulary ({loaded.model_cfg.vocab_size})"
                 f" differs from this run's ({model_cfg.vocab_size})")
         _check_same_architecture(loaded.model_cfg, model_cfg, config.init_from)
+        _check_same_tokenizer(loaded.tokenizer_dir, tokenizer_dir, config.init_from)
         copy_params(full, loaded.params, f"init_from={config.init_from}")
     model = nnx.merge(graphdef, full)
     if config.peft.method != "none":
@@ -435,6 +438,24 @@ def _check_same_run(workdir: pathlib.Path, resolved: dict, checkpointer) -> None
         raise TrainingError(
             f"{workdir} holds a run with a different config; changed keys: "
             f"{', '.join(changed)}. Use a new workdir, or revert these keys.")
+
+
+def _check_same_tokenizer(base_dir, data_dir, init_from: str) -> None:
+    """Refuse data tokenised with another vocabulary than the base's (equal sizes alone would
+    let token ids silently mean different pieces)."""
+    from llm.data.tokenizer import HF_FILE, SPM_FILE
+
+    if base_dir is None or data_dir is None:
+        return
+    for name in (SPM_FILE, HF_FILE):
+        base, data = pathlib.Path(base_dir) / name, pathlib.Path(data_dir) / name
+        if base.is_file() and data.is_file():
+            if base.read_bytes() != data.read_bytes():
+                raise CheckpointError(
+                    f"init_from={init_from}: its tokenizer ({base}) differs from the one the "
+                    f"data was prepared with ({data}); prepare the data with "
+                    "data.tokenizer.path set to the base's tokenizer")
+            return
 
 
 def _maybe_resume(checkpointer, state, state_shardings, train_iter):
