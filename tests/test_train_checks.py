@@ -168,3 +168,20 @@ def test_data_tokenised_with_another_vocabulary_than_the_base_is_refused(tmp_pat
                         f"data.tokenizer.path={tmp_path / 'other' / 'tokenizer'}")
     with pytest.raises(CheckpointError, match="its tokenizer .* differs from the one the data"):
         train(config)
+
+
+def test_data_path_takes_several_comma_separated_inputs(tmp_path):
+    from test_sft import sft_config, write_copy_task
+
+    data, held_out = write_copy_task(tmp_path, n_train=120, n_eval=5)
+    (tmp_path / "more").mkdir()
+    more, _ = write_copy_task(tmp_path / "more", n_train=120, n_eval=5, seed=1)
+    both = f"{data},{more}"
+    missing = sft_config(tmp_path / "bad", f"{data},{tmp_path}/nope.jsonl", held_out)
+    with pytest.raises(ValueError, match="no such file or directory: .*nope.jsonl"):
+        train(missing)
+    result = train(sft_config(tmp_path / "run", both, held_out, "total_steps=1",
+                              "eval.every_steps=0"))
+    assert result["step"] == 1
+    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    assert sorted(i["path"] for i in manifest["inputs"]) == sorted([str(data), str(more)])

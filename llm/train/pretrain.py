@@ -20,8 +20,10 @@ def prepared_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     if not path:
         raise ValueError("--config.data.path: required (raw text/JSONL/Parquet inputs or a "
                          "prepared dataset directory)")
-    if not pathlib.Path(path).exists():
-        raise ValueError(f"--config.data.path={path}: no such file or directory")
+    missing = [p for p in path.split(",") if p.strip() and not pathlib.Path(p.strip()).exists()]
+    if missing:  # several raw inputs may be given, comma-separated, as data.inputs takes them
+        raise ValueError(f"--config.data.path={path}: no such file or directory: "
+                         f"{', '.join(missing)}")
     if prepare_lib.is_prepared(path):
         return pathlib.Path(path)
     data = ml_collections.ConfigDict(config.data.to_dict())
