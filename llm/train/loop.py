@@ -237,8 +237,10 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
                 f"init_from={config.init_from!r} gives now; restore that base or use a new "
                 "workdir")
         print(f"resumed from {workdir / 'checkpoints' / str(start_step)}", flush=True)
-    if is_primary:
-        (workdir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    if is_primary:  # atomically: a torn config.json would make the workdir look foreign
+        tmp = workdir / "config.json.tmp"
+        tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        tmp.replace(workdir / "config.json")
     writer = metrics_lib.MetricsWriter(workdir, start_step, config.log, is_primary, resolved)
 
     # ---------------------------------------------------------------- jitted steps
