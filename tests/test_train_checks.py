@@ -150,15 +150,23 @@ def test_a_validation_split_smaller_than_a_batch_is_said_and_the_task_eval_still
         train(patient)
 
 
+def two_copy_tasks(tmp_path, second: str):
+    """Two small copy-task chat files (the second in `tmp_path/second`) and held-out rows."""
+    from test_sft import write_copy_task
+
+    data, held_out = write_copy_task(tmp_path, n_train=120, n_eval=5)
+    (tmp_path / second).mkdir()
+    other, _ = write_copy_task(tmp_path / second, n_train=120, n_eval=5, seed=1)
+    return data, other, held_out
+
+
 def test_data_tokenised_with_another_vocabulary_than_the_base_is_refused(tmp_path):
     """Same vocabulary size, different pieces: the ids would silently mean other tokens."""
-    from test_sft import sft_config, write_copy_task
+    from test_sft import sft_config
 
     from llm.checkpoint import CheckpointError
 
-    data, held_out = write_copy_task(tmp_path, n_train=120, n_eval=5)
-    (tmp_path / "other").mkdir()
-    other_data, _ = write_copy_task(tmp_path / "other", n_train=120, n_eval=5, seed=1)
+    data, other_data, held_out = two_copy_tasks(tmp_path, "other")
     other_data.write_text(other_data.read_text().replace("repeat", "echo twice"))
     for name, source in (("base", data), ("other", other_data)):
         train(sft_config(tmp_path / name, source, held_out, "total_steps=1",
@@ -171,11 +179,9 @@ def test_data_tokenised_with_another_vocabulary_than_the_base_is_refused(tmp_pat
 
 
 def test_data_path_takes_several_comma_separated_inputs(tmp_path):
-    from test_sft import sft_config, write_copy_task
+    from test_sft import sft_config
 
-    data, held_out = write_copy_task(tmp_path, n_train=120, n_eval=5)
-    (tmp_path / "more").mkdir()
-    more, _ = write_copy_task(tmp_path / "more", n_train=120, n_eval=5, seed=1)
+    data, more, held_out = two_copy_tasks(tmp_path, "more")
     both = f"{data},{more}"
     missing = sft_config(tmp_path / "bad", f"{data},{tmp_path}/nope.jsonl", held_out)
     with pytest.raises(ValueError, match="no such file or directory: .*nope.jsonl"):

@@ -3,19 +3,10 @@
 import json
 
 import pytest
-from test_prepare import _config, _doc
+from test_prepare import _config
 
 from llm.data import DataError
 from llm.data.prepare import prepare
-
-
-@pytest.fixture
-def raw(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    for i in range(6):
-        (d / f"doc{i}.txt").write_text(_doc(i))
-    return d
 
 
 @pytest.mark.parametrize("key,value,match", [

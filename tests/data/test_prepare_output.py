@@ -11,15 +11,6 @@ from llm.data import prepare as prepare_lib
 from llm.data.prepare import is_prepared, prepare
 
 
-@pytest.fixture
-def raw(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    for i in range(6):
-        (d / f"doc{i}.txt").write_text(_doc(i))
-    return d
-
-
 def _train_docs(out):
     return json.loads((out / "meta.json").read_text())["splits"]["train"]["text"]["documents"]
 
