@@ -85,7 +85,8 @@ def _check(ngram: int, unit: str) -> None:
 def check_config(d) -> None:
     """Raise DataError naming the first out-of-range `dedup.*` setting (config.dedup)."""
     check_ngram(d.ngram, "dedup.ngram")
-    _check(d.ngram, d.ngram_unit)
+    if d.ngram_unit not in UNITS:
+        raise DataError(f"dedup.ngram_unit must be one of {UNITS}, got {d.ngram_unit!r}")
     if d.num_perm < 1:
         raise DataError(f"dedup.num_perm must be >= 1, got {d.num_perm}")
     if not 0 < d.threshold <= 1:  # a Jaccard similarity: pairs at or above it are duplicates
