@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from llm.sampling_filters import DEFAULTS
+from llm.sampling.filters import DEFAULTS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -203,7 +203,7 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
     from llm.model import ModelConfig, Transformer
 
     if init_from.startswith("hf:"):
-        from llm import hf
+        from llm.hf import convert as hf
 
         model_cfg, graphdef, params, tokenizer_dir = hf.import_hf(init_from[3:], mesh=mesh,
                                                                   rules=rules)
@@ -238,7 +238,7 @@ def copy_params(target: Any, source: Any, where: str) -> None:
     """Copy base weights into a fresh (possibly prefix-extended) state, checking that every
     base weight is found with its shape, so a layout mismatch (e.g. scanned vs unrolled
     layers) is an error rather than silently random weights."""
-    from llm import lora
+    from llm.peft import lora
 
     found = dict(nnx.to_flat_state(source))
     missing = []
@@ -281,8 +281,9 @@ def _load_peft_run(config: dict, values: dict, step_dir: pathlib.Path, mesh, rul
     """A LoRA / QLoRA / prefix run: its base (from the run's init_from), then its adapters."""
     import ml_collections
 
-    from llm import lora, peft, sharding
+    from llm import peft, sharding
     from llm.model import ModelConfig, Transformer
+    from llm.peft import lora
 
     peft_cfg = ml_collections.ConfigDict(config["peft"])
     values = {**values, **peft.model_config_overrides(peft_cfg)}
@@ -327,7 +328,7 @@ def save_params(workdir: str | os.PathLike, model_cfg: Any, params: Any,
     checkpointer.close()
     (workdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     if tokenizer_dir is not None and pathlib.Path(tokenizer_dir).is_dir():
-        from llm import hf
+        from llm.hf import convert as hf
 
         (workdir / "tokenizer").mkdir(exist_ok=True)
         for name in hf.TOKENIZER_FILES:

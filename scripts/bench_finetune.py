@@ -26,8 +26,9 @@ import optax
 from absl import app, flags
 from flax import nnx
 
-from llm import peft, quant
+from llm import peft
 from llm.model import ModelConfig, Transformer
+from llm.peft import quant
 
 # The shapes docs/benchmarks.md's fine-tuning figures were measured with: `small` is
 # configs/models.py's but with scan-stacked layers (its default there is now unrolled).

@@ -1,4 +1,4 @@
-"""Benchmark: import time and transient host memory of `llm.hf.import_hf` on the 1b config.
+"""Benchmark: import time and transient host memory of `llm.hf.convert.import_hf` on the 1b config.
 
   python scripts/bench_hf.py [--dir=/tmp/bench_hf_1b] [--dtypes=bfloat16,float32] [--peer]
 
@@ -69,7 +69,8 @@ def run_export(path: str) -> dict[str, Any]:
     from flax import nnx
 
     from configs.models import SIZES
-    from llm import hf, sharding
+    from llm import sharding
+    from llm.hf import convert as hf
     from llm.model import ModelConfig, Transformer
     cfg = ModelConfig(**SIZES["1b"], param_dtype="bfloat16", dtype="bfloat16")
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
@@ -84,7 +85,7 @@ def run_import(path: str, dtype: str) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from llm import hf
+    from llm.hf import convert as hf
     jnp.zeros(1).block_until_ready()  # backend up before the baseline
     before = _rss_bytes()
     _reset_peak()

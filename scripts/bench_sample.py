@@ -31,8 +31,9 @@ from absl import app, flags
 from flax import nnx
 
 from configs import models
-from llm import host_memory, metrics, sampling
+from llm import host_memory, metrics
 from llm.model import ModelConfig, Transformer
+from llm.sampling import decode as sampling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("peer", "hf", ["hf", "none"], "Implementation to compare against.")

@@ -21,8 +21,9 @@ from typing import Any
 from absl import app, flags, logging
 from flax import nnx
 
-from llm import hf, sharding
+from llm import sharding
 from llm.checkpoint import CheckpointError, save_params
+from llm.hf import convert as hf
 from llm.model import DTYPES, ModelConfig
 
 MODE = flags.DEFINE_enum("mode", None, ["import", "export"], "Direction of the conversion.")
@@ -53,7 +54,7 @@ def load_workdir(path: str, keep_adapters: bool = False
 
 def merge_lora(graphdef: nnx.GraphDef, params: Any) -> Any:
     """Fold LoRA adapters into the base weights (a checkpoint without adapters is an error)."""
-    from llm import lora
+    from llm.peft import lora
 
     if not any(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(params)):
         raise ConvertError("--merge_lora: this checkpoint has no LoRA adapters")

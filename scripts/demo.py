@@ -71,7 +71,7 @@ def stage_pretrain(workdir: pathlib.Path) -> dict:
 
 def stage_sample(workdir: pathlib.Path) -> dict:
     """Sampled continuations from the pretrained model (the training forward, KV-cached)."""
-    from llm.sampler import load_sampler
+    from llm.sampling.sampler import load_sampler
 
     sampler, _ = load_sampler(str(workdir / "pretrain"))
     prompts = ["def ", "import os\n", "class "]

@@ -27,7 +27,7 @@ DECODE_SHARDINGS = ("training", "tensor")
 
 def check_config(config) -> dict:
     """Validate the sampling keys before the model loads; returns the controls."""
-    from llm.sampling import SamplingParams
+    from llm.sampling.decode import SamplingParams
 
     for key in ("batch_size", "chunk_size", "beam_width"):
         if config[key] < 1:
@@ -55,8 +55,9 @@ def check_config(config) -> dict:
 
 def build_sampler(config):
     """The model named by init_from, with its tokenizer and chat template."""
-    from llm import sampling, sharding
-    from llm.sampler import load_sampler
+    from llm import sharding
+    from llm.sampling import decode as sampling
+    from llm.sampling.sampler import load_sampler
 
     mesh = sharding.make_mesh(dict(config.mesh.shape))
     sampler, end_ids = load_sampler(config.init_from, mesh=mesh,
@@ -153,7 +154,7 @@ def check_output_file(path: str) -> None:
 
 def run() -> None:
     """Load the model named by --config.init_from and sample from it."""
-    from llm.sampler import complete_rows
+    from llm.sampling.sampler import complete_rows
 
     config = config_lib.cli_config()
     if not config.init_from:

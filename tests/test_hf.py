@@ -16,7 +16,8 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from llm import hf, sharding  # noqa: E402 - after the importorskip guards
+from llm import sharding  # noqa: E402 - after the importorskip guards
+from llm.hf import convert as hf  # noqa: E402
 
 VOCAB = 200  # padded to 256 by the model, so padding is exercised
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,

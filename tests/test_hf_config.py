@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from llm import hf
+from llm.hf import convert as hf
 from llm.model import ModelConfig, Transformer
 
 CFG = ModelConfig(family="llama", vocab_size=200, d_model=64, n_layers=2, n_heads=4,

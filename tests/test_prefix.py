@@ -10,8 +10,9 @@ from flax import nnx
 from peft_helpers import TINY, tokens
 from peft_helpers import forward as _forward
 
-from llm import lora, peft
+from llm import peft
 from llm.model import Transformer
+from llm.peft import lora
 
 
 def prefix_cfg(prefix_len=6):

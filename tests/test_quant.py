@@ -12,8 +12,9 @@ from flax import nnx
 from peft_helpers import TINY, tokens
 from peft_helpers import forward as _forward
 
-from llm import lora, peft, quant, sharding
+from llm import peft, sharding
 from llm.model import Transformer
+from llm.peft import lora, quant
 
 
 def qlora_cfg(**overrides):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm import sampling, sampling_filters
 from llm import sharding as sharding_lib
 from llm.model import ModelConfig, Transformer
-from llm.sampling import SamplingParams
+from llm.sampling import decode as sampling
+from llm.sampling import filters as sampling_filters
+from llm.sampling.decode import SamplingParams
 
 # Larger init std than training so the tiny model's distributions are peaked, not uniform,
 # but not so large that rounding swamps the 1e-5 log-prob checks: the cached and the full

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm import beam, sampling
 from llm.model import ModelConfig, Transformer
+from llm.sampling import beam
+from llm.sampling import decode as sampling
 
 # A 4-token vocabulary (padded to 128, padded entries masked) so 4**3 sequences enumerate.
 CFG = ModelConfig(vocab_size=4, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,

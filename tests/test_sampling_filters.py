@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm.sampling_filters import (
+from llm.sampling.filters import (
     SamplingParams,
     _first_reaching,
     _largest_key_B,

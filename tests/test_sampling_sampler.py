@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from llm.model import ModelConfig, Transformer
-from llm.sampler import Sampler, find_stop
+from llm.sampling.sampler import Sampler, find_stop
 
 
 class ByteTokenizer:
@@ -102,7 +102,7 @@ def test_invalid_controls_raise_value_error(sampler):
 
 
 def test_complete_rows_reads_prompt_messages_and_ids(sampler):
-    from llm.sampler import complete_rows
+    from llm.sampling.sampler import complete_rows
 
     sampler.chat_template = lambda messages: messages[-1]["content"]
     rows = [{"prompt": "ab", "id": 1}, {"messages": [{"role": "user", "content": "ab"}]},
@@ -165,7 +165,7 @@ def test_stop_string_split_across_two_chunks(sampler):
 
 
 def test_bad_batches_and_rows_are_one_clear_error(sampler):
-    from llm.sampler import complete_rows
+    from llm.sampling.sampler import complete_rows
 
     with pytest.raises(ValueError, match="no prompts"):
         sampler.complete([])
@@ -201,7 +201,7 @@ def test_bad_batches_and_rows_are_one_clear_error(sampler):
 
 
 def test_without_a_tokenizer_rows_have_tokens_but_no_completion(sampler):
-    from llm.sampler import complete_rows
+    from llm.sampling.sampler import complete_rows
 
     bare = Sampler(sampler.graphdef, sampler.params, None, max_len=64)
     rows = complete_rows(bare, [{"prompt_ids": [5, 6, 7]}], batch_size=1, temperature=0.0,

@@ -13,10 +13,10 @@ import pytest
 from flax import nnx
 
 from configs.models import SIZES
-from llm import sampling
 from llm import sharding as sharding_lib
 from llm.model import ModelConfig, Transformer
-from llm.sampling import SamplingParams
+from llm.sampling import decode as sampling
+from llm.sampling.decode import SamplingParams
 
 # The tiny model with a larger init std (see tests/test_sampling.py): peaked distributions,
 # so greedy choices are rarely near-ties and penalties visibly change them.

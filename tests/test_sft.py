@@ -111,7 +111,8 @@ def test_lora_sft_from_a_base_keeps_it_and_saves_adapters_only(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llm import hf, lora
+    from llm.hf import convert as hf
+    from llm.peft import lora
 
     merged = lora.merge_params(tuned.graphdef, tuned.params)[1]
     hf.export_hf(tuned.model_cfg, merged, str(tmp_path / "hf"), dtype="float32")

@@ -116,7 +116,7 @@ def from_model(sampler: Any, rows: Sequence[Mapping[str, Any]], out_dir: Any, *,
     against (the RL prompt format). Sampling controls (`temperature`, `max_new_tokens`, ...)
     pass through to the sampler; sample k of every prompt uses seeds offset by k * len(rows).
     """
-    from llm.sampler import complete_rows
+    from llm.sampling.sampler import complete_rows
 
     if samples_per_prompt < 1:
         raise DataError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")

@@ -117,7 +117,7 @@ def _check_run_settings(config: ml_collections.ConfigDict) -> None:
              f"a mesh axis ({', '.join(sharding.MESH_AXES)}) or '' to replicate")
     _model_config(config)  # enum and shape errors now, not after the data is prepared
     if config.init_from.startswith("hf:"):
-        from llm.hf_config import load_config_json
+        from llm.hf.config import load_config_json
 
         load_config_json(config.init_from[3:])
     elif config.init_from:
@@ -223,7 +223,7 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
     train_iter = train_data.make_iterator()
     loop_state = {"best_eval_loss": None, "evals_since_best": 0, "tokens_seen": 0}
     if config.peft.method != "none":  # adapters record the base they were trained on
-        from llm import lora
+        from llm.peft import lora
 
         loop_state["base_hash"] = lora.base_hash(frozen)
     restored = _maybe_resume(checkpointer, state, state_shardings, train_iter)

@@ -114,7 +114,7 @@ def answer_accuracy(model, tokenizer, rows: list[dict], verifier: str,
     """Fraction of rows whose greedy chat completion the named verifier accepts."""
     from flax import nnx
 
-    from llm.sampler import chat_sampler
+    from llm.sampling.sampler import chat_sampler
 
     if verifier not in VERIFIERS:
         raise ValueError(f"sft.eval_verifier={verifier!r}: expected one of {sorted(VERIFIERS)}")

@@ -94,7 +94,7 @@ def test_from_model_writes_verified_sft_and_preference_pairs(tmp_path):
     from flax import nnx
 
     from llm.model import ModelConfig, Transformer
-    from llm.sampler import Sampler
+    from llm.sampling.sampler import Sampler
 
     class ByteTokenizer:
         bos_id, eos_id, pad_id, vocab_size = 256, 257, 258, 259

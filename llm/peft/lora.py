@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,7 +35,8 @@ import numpy as np
 from flax import nnx
 
 from llm import model as model_lib
-from llm import quant
+from llm.peft import modules, quant
+from llm.peft.modules import get_module, module_path, replace_module
 
 DEFAULT_TARGETS = r"(attn/[qkvo]_proj|mlp/(gate|up|down)_proj)$"
 PREFIX_NAMES = ("prefix_k", "prefix_v", "prefix_gate")
@@ -101,54 +101,21 @@ def _base_kernel_info(base: nnx.Module) -> tuple[tuple[int, ...], tuple[Any, Any
     return tuple(base.kernel_shape), tuple(base.axes)
 
 
-def module_path(path: tuple[Any, ...]) -> str:
-    """'layers/attn/q_proj' from an nnx path tuple."""
-    return "/".join(str(k) for k in path)
+LINEAR_KINDS = (model_lib.Dense, quant.QuantDense, LoRADense)
 
 
 def linear_modules(model: nnx.Module) -> Iterator[tuple[tuple[Any, ...], nnx.Module]]:
     """(path, module) of every linear module (Dense, QuantDense, LoRADense), outermost first."""
-    kinds = (model_lib.Dense, quant.QuantDense, LoRADense)
-    for path, module in nnx.iter_modules(model):
-        if isinstance(module, kinds) and not _inside(path, model, LoRADense):
-            yield path, module
-
-
-def _inside(path: tuple[Any, ...], root: nnx.Module, kind: type) -> bool:
-    node = root
-    for key in path[:-1]:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-        if isinstance(node, kind):
-            return True
-    return False
+    return modules.outermost(model, LINEAR_KINDS)
 
 
 def select_modules(model: nnx.Module, pattern: str, key: str = "peft.target_modules",
                    kinds: tuple[type, ...] | None = None) -> list[tuple[Any, ...]]:
     """Paths of linear modules whose 'a/b/c' path matches `pattern` (re.search); else error."""
     try:
-        regex = re.compile(pattern)
-    except re.error as e:
-        raise LoRAConfigError(f"{key}={pattern!r} is not a valid regex: {e}") from e
-    candidates = [(p, m) for p, m in linear_modules(model)
-                  if kinds is None or isinstance(m, kinds)]
-    chosen = [p for p, _ in candidates if regex.search(module_path(p))]
-    if not chosen:
-        names = sorted({module_path(p) for p, _ in candidates})
-        raise LoRAConfigError(f"{key}={pattern!r} matches no linear module; the model's are "
-                              f"{names}")
-    return chosen
-
-
-def replace_module(root: nnx.Module, path: tuple[Any, ...], new: nnx.Module) -> None:
-    """Set the submodule at `path` (attribute names and nnx.List indices) to `new`."""
-    parent = root
-    for key in path[:-1]:
-        parent = parent[key] if isinstance(key, int) else getattr(parent, key)
-    if isinstance(path[-1], int):
-        parent[path[-1]] = new
-    else:
-        setattr(parent, path[-1], new)
+        return modules.select_modules(model, pattern, key, LINEAR_KINDS, kinds)
+    except modules.TargetModulesError as e:
+        raise LoRAConfigError(str(e)) from None
 
 
 def inject_lora(model: nnx.Module, rank: int, alpha: float, *,
@@ -167,14 +134,6 @@ def inject_lora(model: nnx.Module, rank: int, alpha: float, *,
         replace_module(model, path, LoRADense(base, rank, alpha, dropout=dropout,
                                               rslora=rslora, rngs=rngs))
     return model
-
-
-def get_module(root: nnx.Module, path: tuple[Any, ...]) -> nnx.Module:
-    """The submodule at `path` (attribute names and nnx.List indices)."""
-    node = root
-    for key in path:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
 
 
 def _map_variables(state: Any, fn: Callable[[tuple[Any, ...], nnx.Variable], Any]) -> Any:

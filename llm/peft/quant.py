@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm import model as model_lib
+from llm.peft import modules
 
 KINDS = ("nf4", "int8")
 # Every linear layer inside the blocks; the LM / score heads stay in float.
@@ -164,12 +165,14 @@ def quantize_model(model: nnx.Module, kind: str = "nf4", block_size: int = 64,
                    double_quant: bool = True,
                    target_modules: str = DEFAULT_QUANT_TARGETS) -> nnx.Module:
     """Replace the matching `Dense` modules by `QuantDense` (in place) and return the model."""
-    from llm import lora  # lora wraps QuantDense, so it imports this module at load time
-
-    for path in lora.select_modules(model, target_modules, key="quant target_modules",
-                                    kinds=(model_lib.Dense,)):
-        dense = lora.get_module(model, path)
-        lora.replace_module(model, path, QuantDense(dense, kind, block_size, double_quant))
+    try:
+        paths = modules.select_modules(model, target_modules, "quant target_modules",
+                                       (model_lib.Dense,))
+    except modules.TargetModulesError as e:
+        raise QuantConfigError(str(e)) from None
+    for path in paths:
+        dense = modules.get_module(model, path)
+        modules.replace_module(model, path, QuantDense(dense, kind, block_size, double_quant))
     return model
 
 

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llm import beam, sampling
-from llm.sampling import SamplingParams
+from llm.sampling import beam
+from llm.sampling import decode as sampling
+from llm.sampling.decode import SamplingParams
 
 
 class TokenizerLike(Protocol):

@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llm import model as model_lib
 from llm import sharding as sharding_lib
-from llm.sampling_filters import SamplingParams, choose_tokens, row_keys
+from llm.sampling.filters import SamplingParams, choose_tokens, row_keys
 
 __all__ = ["SamplingParams", "GenerateOutput", "DecodeState", "generate", "prefill", "decode",
            "bucket_length", "decode_windows", "FINISH_REASONS", "finish_reasons",

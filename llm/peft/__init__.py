@@ -21,8 +21,8 @@ import jax
 import ml_collections
 from flax import nnx
 
-from llm import lora, quant
 from llm.model import Transformer
+from llm.peft import lora, quant
 
 METHODS = ("none", "lora", "qlora", "prefix")
 

@@ -11,7 +11,7 @@ holds one chunk (about a MiB) on CPU and one shard elsewhere.
 
 Export writes one tensor at a time into safetensors shards (+ `model.safetensors.index.json`),
 with config.json, generation_config.json and the tokenizer files, padded vocabulary rows
-stripped. The name mapping (`llm.hf_config.source`) serves both directions.
+stripped. The name mapping (`llm.hf.config.source`) serves both directions.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from llm import sharding as sharding_lib
-from llm.hf_config import (
+from llm.hf.config import (
     GPT2_ARCHITECTURES,
     HFError,
     Path,

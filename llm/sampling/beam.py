@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from llm import model as model_lib
-from llm import sampling
+from llm.sampling import decode as sampling
 
 
 class BeamOutput(NamedTuple):
