@@ -9,10 +9,12 @@
 `check_arithmetic_answer(completion, answer)` is the exact-answer verifier used by the demo
 and RL rewards. `register` adds generators.
 
-`from_model(sampler, rows, out_dir, ...)` is the hook for data written by the project's own
-model: it samples several completions per prompt with an `llm.sampler.Sampler`, checks each
-with a verifier, and writes rejection-sampled SFT rows (verified completions) and preference
-pairs (a verified completion over a failed one) in the same formats as above.
+`from_model(complete, rows, out_dir, ...)` is the hook for data written by the project's own
+model: it asks a completion function (e.g. `llm.sampling.sampler.row_completer(sampler)`)
+for several completions per prompt, checks each with a verifier, and writes
+rejection-sampled SFT rows (verified completions) and preference pairs (a verified
+completion over a failed one) in the same formats as above. Taking a function keeps this
+package free of imports from the model and sampling code above it.
 """
 
 from __future__ import annotations
@@ -106,18 +108,20 @@ def arithmetic(out: pathlib.Path, n: int, difficulty: int, seed: int) -> dict[st
     return paths
 
 
-def from_model(sampler: Any, rows: Sequence[Mapping[str, Any]], out_dir: Any, *,
+# requests (chat rows {"messages": [...]}) and a seed → one completion text per request.
+CompleteFn = Callable[[list[dict], int], list[str]]
+
+
+def from_model(complete: CompleteFn, rows: Sequence[Mapping[str, Any]], out_dir: Any, *,
                samples_per_prompt: int = 4,
                verifier: Callable[[str, Any], bool] = check_arithmetic_answer,
-               batch_size: int = 8, seed: int = 0, **controls: Any) -> dict[str, pathlib.Path]:
+               seed: int = 0) -> dict[str, pathlib.Path]:
     """Sample, verify and write `samples`, `sft` and `preference` JSONL files from a model.
 
     `rows` hold a `prompt` (asked as one user turn) and the `answer` the verifier checks
-    against (the RL prompt format). Sampling controls (`temperature`, `max_new_tokens`, ...)
-    pass through to the sampler; sample k of every prompt uses seeds offset by k * len(rows).
+    against (the RL prompt format). `complete(requests, seed)` returns one completion per
+    request; sample k of every prompt is asked with seed `seed + k * len(rows)`.
     """
-    from llm.sampling.sampler import complete_rows
-
     if samples_per_prompt < 1:
         raise DataError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     requests = []
@@ -127,10 +131,11 @@ def from_model(sampler: Any, rows: Sequence[Mapping[str, Any]], out_dir: Any, *,
         requests.append({"messages": [{"role": "user", "content": str(row["prompt"])}]})
     samples = [[] for _ in rows]  # per prompt: (completion, correct)
     for k in range(samples_per_prompt):
-        done = complete_rows(sampler, requests, batch_size=batch_size,
-                             seed=seed + k * len(rows), **controls)
-        for i, result in enumerate(done):
-            text = result["completion"]
+        texts = complete(requests, seed + k * len(rows))
+        if len(texts) != len(requests):
+            raise DataError(f"the completion function returned {len(texts)} completions for "
+                            f"{len(requests)} requests")
+        for i, text in enumerate(texts):
             samples[i].append((text, bool(verifier(text, rows[i]["answer"]))))
 
     out = pathlib.Path(out_dir)

@@ -1,4 +1,4 @@
-"""Host-side `Sampler`: text in, text out, around the jitted prefill / decode in sampling.py.
+"""Host-side `Sampler`: text in, text out, around the jitted prefill / decode in decode.py.
 
 It tokenises (and for chat renders the chat template), pads the batch, decodes in chunks of
 `chunk_size` steps that carry the KV cache between calls, and between chunks decodes the
@@ -324,6 +324,15 @@ def complete_rows(sampler: Sampler, rows: Sequence[Mapping[str, Any]], *, batch_
                         "logprobs": [round(x, 6) for x in result.logprobs],
                         "finish_reason": result.finish_reason})
     return out
+
+
+def row_completer(sampler: Sampler, *, batch_size: int = 8, **controls: Any
+                  ) -> Callable[[list[dict], int], list[str]]:
+    """`complete(requests, seed) -> texts` over `complete_rows`, e.g. for `synthetic.from_model`."""
+    def complete(requests: list[dict], seed: int) -> list[str]:
+        done = complete_rows(sampler, requests, batch_size=batch_size, seed=seed, **controls)
+        return [row["completion"] for row in done]
+    return complete
 
 
 def chat_sampler(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, **kwargs: Any

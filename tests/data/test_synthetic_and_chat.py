@@ -94,7 +94,7 @@ def test_from_model_writes_verified_sft_and_preference_pairs(tmp_path):
     from flax import nnx
 
     from llm.model import ModelConfig, Transformer
-    from llm.sampling.sampler import Sampler
+    from llm.sampling.sampler import Sampler, row_completer
 
     class ByteTokenizer:
         bos_id, eos_id, pad_id, vocab_size = 256, 257, 258, 259
@@ -115,8 +115,10 @@ def test_from_model_writes_verified_sft_and_preference_pairs(tmp_path):
         return len(text) > 0 and ord(text[0]) % 2 == int(answer)
 
     def run(out):
-        return synthetic.from_model(sampler, rows, out, samples_per_prompt=6, verifier=parity,
-                                    temperature=1.0, top_p=1.0, max_new_tokens=6, seed=3)
+        complete = row_completer(sampler, batch_size=8, temperature=1.0, top_p=1.0,
+                                 max_new_tokens=6)
+        return synthetic.from_model(complete, rows, out, samples_per_prompt=6, verifier=parity,
+                                    seed=3)
 
     paths = run(tmp_path / "a")
     read = lambda role: [json.loads(line) for line in open(paths[role])]
@@ -137,4 +139,4 @@ def test_from_model_writes_verified_sft_and_preference_pairs(tmp_path):
     again = run(tmp_path / "b")
     assert all(open(paths[k]).read() == open(again[k]).read() for k in paths)
     with pytest.raises(DataError, match="row 1: expected 'prompt' and 'answer'"):
-        synthetic.from_model(sampler, [{"prompt": "x"}], tmp_path / "c")
+        synthetic.from_model(row_completer(sampler), [{"prompt": "x"}], tmp_path / "c")
