@@ -1,0 +1,17 @@
+"""What every demo stage is given: where to write and the run's settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """The demo run's settings; stages read the fields they need and write under `workdir`."""
+
+    workdir: pathlib.Path  # every stage writes here; a later stage reads an earlier one's output
+    root: pathlib.Path  # the repository, for `configs/*.py`
+    steps: int = 300  # pretraining steps
+    sft_steps: int = 300  # fine-tuning steps
+    files: int = 400  # standard-library files in the corpus
