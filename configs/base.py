@@ -58,5 +58,4 @@ def base_config(task: str, model: str = "tiny") -> ml_collections.ConfigDict:
         log=dict(every_steps=10, wandb=False, wandb_project="llm", wandb_mode="online"),
         train=dict(z_loss=0.0, skip_spikes=False, spike_sigma=6.0, spike_warmup=20,
                    spike_decay=0.99),
-        debug=dict(inject_nan_step=-1, crash_before_commit_step=-1),
     ))

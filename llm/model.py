@@ -73,7 +73,6 @@ class ModelConfig:
     attention: str = "xla"
     init_std: float = 0.02
     prefix_len: int = 0
-    scalar_head: bool = False
 
     @property
     def padded_vocab(self) -> int:
@@ -92,7 +91,8 @@ class ModelConfig:
     def from_dict(cls, values: Mapping[str, Any], where: str = "model") -> ModelConfig:
         """Build and validate from a mapping (e.g. a ConfigDict section); errors name keys."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - {"size"})
+        # `scalar_head` (always False) is in configs saved before heads came from tasks.
+        unknown = sorted(set(values) - known - {"size", "scalar_head"})
         if unknown:
             raise ModelConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
         cfg = cls(**{k: v for k, v in values.items() if k in known})
@@ -399,8 +399,6 @@ class Transformer(nnx.Module):
         self.final_norm = Norm(D, cfg, rngs)
         if not cfg.tie_embeddings:
             self.lm_head = Dense(D, V, ("embed", "vocab"), cfg, rngs)
-        if cfg.scalar_head:
-            self.score_head = Dense(D, 1, ("embed", None), cfg, rngs, use_bias=True)
 
     def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
                  segment_ids_BT: jax.Array | None = None, cache: dict | None = None,
@@ -509,10 +507,6 @@ class Transformer(nnx.Module):
             valid_V = jnp.arange(cfg.padded_vocab) < cfg.vocab_size
             logits_BTV = jnp.where(valid_V, logits_BTV, jnp.finfo(jnp.float32).min)
         return logits_BTV
-
-    def score(self, h_BTD: jax.Array) -> jax.Array:
-        """Scalar head (reward / value) per position: scores_BT in float32."""
-        return self.score_head(h_BTD)[..., 0].astype(jnp.float32)
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> list[dict]:

@@ -9,7 +9,7 @@ update of one batch of the same size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -83,9 +83,15 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(optim: Mapping[str, Any], total_steps: int
+def make_optimizer(optim: Mapping[str, Any], total_steps: int,
+                   groups: Mapping[str, tuple[Callable[[str], bool], float]] | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The full optax chain and its learning-rate schedule."""
+    """The full optax chain and its learning-rate schedule (of the default group).
+
+    `groups` (a task's optimiser groups) maps a name to (predicate on a parameter's
+    'a/b/c' path, learning-rate multiplier); the first matching group takes a parameter,
+    the rest use `optim.*` as is. Clipping stays global over all groups.
+    """
     name = optim["name"]
     if name not in OPTIMIZERS:
         raise OptimConfigError(f"optim.name={name!r}: expected one of {OPTIMIZERS}")
@@ -96,6 +102,40 @@ def make_optimizer(optim: Mapping[str, Any], total_steps: int
         raise OptimConfigError(
             f"optim.decay_mask={optim['decay_mask']!r}: expected 'default' or 'all'")
     wd = float(optim["weight_decay"])
+    core = _core(name, optim, lr, wd, mask)
+    if groups:
+        for group in groups:
+            if group == DEFAULT_GROUP:
+                raise OptimConfigError(f"optimiser group name {group!r} is reserved")
+        transforms = {DEFAULT_GROUP: core}
+        for group, (_, multiplier) in groups.items():
+            scaled = (lambda m: lambda count: lr(count) * m)(float(multiplier))
+            transforms[group] = _core(name, optim, scaled, wd, mask)
+        core = optax.multi_transform(transforms, lambda params: group_labels(params, groups))
+    parts = []
+    if float(optim["clip_norm"]) > 0:
+        parts.append(optax.clip_by_global_norm(float(optim["clip_norm"])))
+    parts.append(core)
+    return optax.chain(*parts), lr
+
+
+DEFAULT_GROUP = "default"
+
+
+def group_labels(params: Any, groups: Mapping[str, tuple[Callable[[str], bool], float]]
+                 ) -> Any:
+    """Each parameter's optimiser group: the first whose predicate takes its path."""
+    def label(path, _):
+        name = "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p))))
+                        for p in path)
+        return next((g for g, (take, _) in groups.items() if take(name)), DEFAULT_GROUP)
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _core(name: str, optim: Mapping[str, Any], lr: Any, wd: float, mask: Any
+          ) -> optax.GradientTransformation:
+    """The optimiser itself (no clipping) at learning rate `lr` (a schedule)."""
     if name == "adamw":
         core = optax.adamw(lr, b1=optim["b1"], b2=optim["b2"], eps=optim["eps"],
                            weight_decay=wd, mask=mask)
@@ -104,8 +144,4 @@ def make_optimizer(optim: Mapping[str, Any], total_steps: int
                                multiply_by_parameter_scale=False)
     else:
         core = optax.chain(optax.add_decayed_weights(wd, mask), optax.sgd(lr))
-    parts = []
-    if float(optim["clip_norm"]) > 0:
-        parts.append(optax.clip_by_global_norm(float(optim["clip_norm"])))
-    parts.append(core)
-    return optax.chain(*parts), lr
+    return core

@@ -134,6 +134,13 @@ def batch_divisor(mesh: jax.sharding.Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
+def rows_sharding(mesh: jax.sharding.Mesh, shape: tuple[int, ...]) -> NamedSharding:
+    """The batch sharding for an array of rows, or replicated when its rows do not divide."""
+    if shape and shape[0] % batch_divisor(mesh) == 0:
+        return batch_sharding(mesh, len(shape))
+    return replicated(mesh)
+
+
 def place_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict:
     """Turn this process's share of a batch into global arrays sharded over the batch axes."""
     out = {}

@@ -53,10 +53,11 @@ def ours_steps(model_cfg, batch: int, seq: int) -> Callable[[int], None]:
     from llm import losses, optim
     from llm.model import Transformer
     from llm.train import state as state_lib
+    from llm.train.guard import UpdateGuard
     from llm.train.task import Task
 
     class LMTask(Task):
-        def loss(self, model, b, rng):
+        def loss(self, model, side, b, rng):
             logits, _ = model(b["tokens"])
             return losses.masked_cross_entropy(logits, b["targets"], b["loss_mask"])
 
@@ -64,11 +65,11 @@ def ours_steps(model_cfg, batch: int, seq: int) -> Callable[[int], None]:
     section.warmup_steps = 0
     tx, schedule = optim.make_optimizer(section, 1000)
     graphdef, params = nnx.split(Transformer(model_cfg, nnx.Rngs(0)))
-    step = jax.jit(state_lib.make_train_step(
-        LMTask(None), graphdef, tx, schedule, grad_accum=1, use_dropout=False,
-        skip_spikes=False, spike_sigma=6.0, spike_warmup=1, spike_decay=0.99),
-        donate_argnums=0)
-    state = state_lib.new_state(params, tx, 0)
+    guard = UpdateGuard(tx)
+    step = jax.jit(state_lib.make_train_step(LMTask(None), graphdef, {}, guard, schedule,
+                                             grad_accum=1, use_dropout=False),
+                   donate_argnums=0)
+    state = state_lib.new_state(params, guard, 0)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, model_cfg.vocab_size, (batch, seq + 1)).astype(np.int32)
     data = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
@@ -78,7 +79,7 @@ def ours_steps(model_cfg, batch: int, seq: int) -> Callable[[int], None]:
 
     def run(n: int) -> None:
         for _ in range(n):
-            carry[0], metrics = step(carry[0], nnx.State({}), data)
+            carry[0], metrics = step(carry[0], nnx.State({}), {}, data, np.int32(0))
         jax.block_until_ready(metrics)
 
     run(1)

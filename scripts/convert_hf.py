@@ -22,8 +22,9 @@ from absl import app, flags, logging
 from flax import nnx
 
 from llm import sharding
-from llm.checkpoint import CheckpointError, save_params
+from llm.checkpoint import CheckpointError
 from llm.hf import convert as hf
+from llm.loading import save_params
 from llm.model import DTYPES, ModelConfig
 
 MODE = flags.DEFINE_enum("mode", None, ["import", "export"], "Direction of the conversion.")
@@ -45,7 +46,7 @@ class ConvertError(ValueError):
 def load_workdir(path: str, keep_adapters: bool = False
                  ) -> tuple[ModelConfig, nnx.GraphDef, Any, str | None]:
     """(ModelConfig, graphdef, params, tokenizer dir) of a workdir or checkpoints/<step>."""
-    from llm.checkpoint import load_model
+    from llm.loading import load_model
 
     loaded = load_model(path, sharding.make_mesh({"fsdp": -1}))
     tokenizer = str(loaded.tokenizer_dir) if loaded.tokenizer_dir else None

@@ -51,7 +51,7 @@ class SyntheticTask(Task):
         return (DataSource(make(1, 64), batches_per_epoch=64 // config.batch_size),
                 DataSource(make(2, 16)))
 
-    def loss(self, model, batch, rng):
+    def loss(self, model, side, batch, rng):
         logits, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"],
                           dropout_rng=rng)
         return losses.masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])

@@ -190,7 +190,8 @@ def test_import_refuses_a_non_empty_out(script, small_hf_dir, tmp_path):
 
 
 def test_save_params_refuses_a_non_empty_directory(small_hf_dir):
-    from llm.checkpoint import CheckpointError, save_params
+    from llm.checkpoint import CheckpointError
+    from llm.loading import save_params
 
     before = snapshot(small_hf_dir)
     with pytest.raises(CheckpointError, match="exists and is not an empty directory"):

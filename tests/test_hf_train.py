@@ -17,7 +17,8 @@ from test_train import config_for
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from llm import checkpoint, losses, sharding  # noqa: E402 - after the importorskip guards
+from llm import loading as checkpoint  # noqa: E402
+from llm import losses, sharding  # noqa: E402 - after the importorskip guards
 from llm.hf import convert as hf  # noqa: E402
 from llm.train.loop import train  # noqa: E402
 

@@ -11,6 +11,7 @@ from configs.base import optim_section
 from llm import optim
 from llm.model import ModelConfig, Transformer
 from llm.train import state as state_lib
+from llm.train.guard import UpdateGuard
 
 CFG = ModelConfig(vocab_size=200, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                   head_dim=24, d_ff=160, max_seq_len=64)
@@ -21,12 +22,12 @@ def one_update(grad_accum: int, batch: dict):
     section.warmup_steps = 0
     tx, schedule = optim.make_optimizer(section, 10)
     graphdef, params = nnx.split(Transformer(CFG, nnx.Rngs(0)))
-    step = state_lib.make_train_step(SyntheticTask(None), graphdef, tx, schedule,
-                                     grad_accum=grad_accum, use_dropout=False,
-                                     skip_spikes=False, spike_sigma=6.0, spike_warmup=1,
-                                     spike_decay=0.99)
-    state = state_lib.new_state(params, tx, 0)
-    new_state, metrics = jax.jit(step)(state, nnx.State({}), batch)
+    guard = UpdateGuard(tx, skip_spikes=False, spike_sigma=6.0, spike_warmup=1,
+                        spike_decay=0.99)
+    step = state_lib.make_train_step(SyntheticTask(None), graphdef, {}, guard, schedule,
+                                     grad_accum=grad_accum, use_dropout=False)
+    state = state_lib.new_state(params, guard, 0)
+    new_state, metrics = jax.jit(step)(state, nnx.State({}), {}, batch, 0)
     return new_state, metrics
 
 

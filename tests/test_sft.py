@@ -9,8 +9,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from llm.checkpoint import load_model
 from llm.config import load_config
+from llm.loading import load_model
 from llm.model import ModelConfig, Transformer
 from llm.train.loop import train
 from llm.train.sft import SftTask
@@ -59,7 +59,7 @@ def test_prompt_token_labels_change_nothing():
     task = SftTask(None)
 
     def loss(p, b):
-        total, sums = task.loss(nnx.merge(graphdef, p), b, None)
+        total, sums = task.loss(nnx.merge(graphdef, p), {}, b, None)
         return total / sums["weight"]
 
     (l1, g1), (l2, g2) = (jax.value_and_grad(loss)(params, b) for b in (batch, edited))

@@ -26,7 +26,7 @@ def loss_and_grads(mesh):
     @jax.jit
     def f(params, batch):
         def loss(p):
-            total, sums = task.loss(nnx.merge(graphdef, p), batch, None)
+            total, sums = task.loss(nnx.merge(graphdef, p), {}, batch, None)
             return total / sums["weight"]
         return jax.value_and_grad(loss)(params)
 

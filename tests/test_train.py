@@ -22,9 +22,9 @@ def config_for(workdir, *extra):
 class CountingTask(SyntheticTask):
     traces = 0
 
-    def loss(self, model, batch, rng):
+    def loss(self, model, side, batch, rng):
         CountingTask.traces += 1  # runs once per trace, not per step
-        return super().loss(model, batch, rng)
+        return super().loss(model, side, batch, rng)
 
 
 def test_loss_drops_and_step_compiles_once(tmp_path):

@@ -29,7 +29,7 @@ def records(workdir):
 
 
 def final_params(workdir):
-    from llm.checkpoint import load_model
+    from llm.loading import load_model
 
     loaded = load_model(str(workdir))
     import jax
@@ -73,7 +73,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(uninterrupted, tmp_path):
 
 
 def test_kill_between_temporary_write_and_commit(uninterrupted, tmp_path):
-    proc = run(tmp_path, "debug.crash_before_commit_step=8", check=False)
+    proc = run(tmp_path, "--crash-before-commit=8", check=False)
     assert proc.returncode == 137
     assert not (tmp_path / "checkpoints" / "8").exists()
     leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]
@@ -100,7 +100,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path):
-    proc = run(tmp_path, "debug.inject_nan_step=6", check=False)
+    proc = run(tmp_path, "--nan-at-step=6", check=False)
     assert proc.returncode != 0
     assert "non-finite loss" in proc.stderr + proc.stdout
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()

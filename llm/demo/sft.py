@@ -15,10 +15,10 @@ def run(ctx: Context) -> dict:
     """Fine-tune the pretrained model on generated arithmetic; answer accuracy before/after."""
     from flax import nnx
 
-    from llm.checkpoint import load_model
     from llm.config import load_config
     from llm.data import synthetic
     from llm.data.tokenizer import Tokenizer
+    from llm.loading import load_model
     from llm.train.loop import train
     from llm.train.sft import answer_accuracy, read_eval_rows
 

@@ -329,8 +329,8 @@ def model_config_from_hf(values: dict[str, Any], path: str, tie_embeddings: bool
 
 def export_architecture(cfg: ModelConfig) -> str:
     """The transformers architecture that reproduces `cfg` exactly."""
-    if cfg.prefix_len or cfg.scalar_head:
-        raise HFError("export: model.prefix_len / model.scalar_head have no transformers "
+    if cfg.prefix_len:
+        raise HFError("export: model.prefix_len has no transformers "
                       "counterpart; export the base language model")
     if cfg.family == "gpt2":
         if cfg.n_kv_heads != cfg.n_heads or cfg.head_dim * cfg.n_heads != cfg.d_model:

@@ -350,10 +350,10 @@ def chat_sampler(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, **kwargs: 
 def load_sampler(init_from: str, mesh: jax.sharding.Mesh | None = None, **kwargs: Any
                  ) -> tuple[Sampler, list[int]]:
     """A chat-capable Sampler for a workdir, `checkpoints/<step>` or `hf:DIR`."""
-    from llm import checkpoint
+    from llm import loading
     from llm.data.tokenizer import Tokenizer
 
-    loaded = checkpoint.load_model(init_from, mesh=mesh)
+    loaded = loading.load_model(init_from, mesh=mesh)
     if loaded.tokenizer_dir is None:
         return Sampler(loaded.graphdef, loaded.params, None, mesh=mesh, **kwargs), []
     return chat_sampler(loaded.graphdef, loaded.params, Tokenizer.load(loaded.tokenizer_dir),

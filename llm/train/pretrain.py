@@ -12,8 +12,10 @@ from llm.model import Transformer
 from llm.train.task import DataSource, Task
 
 
-def prepared_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
-    """`data.path` as a prepared directory: used as is, or raw inputs prepared into workdir."""
+def prepared_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                     tokenizer_path: str = "") -> pathlib.Path:
+    """`data.path` as a prepared directory: used as is, or raw inputs prepared into workdir
+    (with the tokenizer at `tokenizer_path` when `data.tokenizer.path` names none)."""
     from llm.data import prepare as prepare_lib
 
     path = config.data.path
@@ -29,6 +31,8 @@ def prepared_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     data = ml_collections.ConfigDict(config.data.to_dict())
     data.inputs = path
     data.output_dir = str(workdir / "data")
+    if tokenizer_path and not data.tokenizer.path:
+        data.tokenizer.path = tokenizer_path
     return prepare_lib.prepare(data)
 
 
@@ -54,11 +58,15 @@ class PretrainTask(Task):
 
         return loaders.pretrain_loader
 
+    def base_tokenizer(self) -> str:
+        """The tokenizer raw inputs are prepared with when data.tokenizer.path is unset."""
+        return ""
+
     def datasets(self, config, mesh, workdir):
         from llm.data import loaders
         from llm.data.tokenizer import Tokenizer
 
-        prepared = prepared_dataset(config, workdir)
+        prepared = prepared_dataset(config, workdir, self.base_tokenizer())
         tokenizer = Tokenizer.load(prepared / "tokenizer")
         loader = self.loader()
 
@@ -88,7 +96,7 @@ class PretrainTask(Task):
             return train, None
         return train, DataSource(make("validation", False, 1))
 
-    def loss(self, model: Transformer, batch, rng):
+    def loss(self, model: Transformer, side, batch, rng):
         logits_BTV, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"],
                               dropout_rng=rng)
         return losses.masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"],

@@ -12,7 +12,7 @@ import pathlib
 
 import numpy as np
 
-from llm import losses
+from llm import rewards
 from llm.train.pretrain import PretrainTask
 
 
@@ -38,9 +38,9 @@ class SftTask(PretrainTask):
         sft = self.config.sft
         if not sft.eval_file:
             return
-        if sft.eval_verifier not in VERIFIERS:
+        if sft.eval_verifier not in rewards.names():
             raise ValueError(f"sft.eval_verifier={sft.eval_verifier!r}: expected one of "
-                             f"{sorted(VERIFIERS)}")
+                             f"{rewards.names()}")
         for key in ("eval_examples", "eval_max_new_tokens"):
             if sft[key] < 1:
                 raise ValueError(f"sft.{key}={sft[key]}: expected >= 1")
@@ -52,18 +52,12 @@ class SftTask(PretrainTask):
 
         return loaders.sft_loader
 
-    def datasets(self, config, mesh, workdir):
-        tokenizer_dir = base_tokenizer_dir(config.init_from)
-        if tokenizer_dir is not None and not config.data.tokenizer.path:
-            config.data.tokenizer.path = str(tokenizer_dir)  # the base model's vocabulary
-        return super().datasets(config, mesh, workdir)
+    def base_tokenizer(self) -> str:
+        """The base model's vocabulary: SFT data must be tokenised as the base was."""
+        tokenizer_dir = base_tokenizer_dir(self.config.init_from)
+        return str(tokenizer_dir) if tokenizer_dir is not None else ""
 
-    def loss(self, model, batch, rng):
-        logits_BTV, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"],
-                              dropout_rng=rng)
-        return losses.masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"])
-
-    def evaluate(self, model, step):
+    def evaluate(self, models, step):
         """Answer accuracy of greedy completions on `sft.eval_file` (prompt/answer JSONL)."""
         if not self.config.sft.eval_file:
             return {}
@@ -72,21 +66,8 @@ class SftTask(PretrainTask):
         tokenizer = Tokenizer.load(pathlib.Path(self.config.workdir) / "tokenizer")
         rows = read_eval_rows(self.config.sft.eval_file)[: self.config.sft.eval_examples]
         return {"eval_answer_accuracy": answer_accuracy(
-            model, tokenizer, rows, self.config.sft.eval_verifier,
+            models.policy(), tokenizer, rows, self.config.sft.eval_verifier,
             self.config.sft.eval_max_new_tokens)}
-
-
-def _exact(completion: str, answer: str) -> bool:
-    return completion.strip() == str(answer).strip()
-
-
-def _arithmetic(completion: str, answer: str) -> bool:
-    from llm.data.synthetic import check_arithmetic_answer
-
-    return check_arithmetic_answer(completion, answer)
-
-
-VERIFIERS = {"exact": _exact, "arithmetic": _arithmetic}
 
 
 def read_eval_rows(path: str) -> list[dict]:
@@ -116,8 +97,8 @@ def answer_accuracy(model, tokenizer, rows: list[dict], verifier: str,
 
     from llm.sampling.sampler import chat_sampler
 
-    if verifier not in VERIFIERS:
-        raise ValueError(f"sft.eval_verifier={verifier!r}: expected one of {sorted(VERIFIERS)}")
+    if verifier not in rewards.names():
+        raise ValueError(f"sft.eval_verifier={verifier!r}: expected one of {rewards.names()}")
     if not rows:
         return 0.0
     graphdef, params = nnx.split(model)
@@ -126,6 +107,6 @@ def answer_accuracy(model, tokenizer, rows: list[dict], verifier: str,
                for r in rows]
     completions = sampler.complete(prompts, temperature=0.0, max_new_tokens=max_new_tokens,
                                    stop_token_ids=end_ids)
-    check = VERIFIERS[verifier]
-    return float(np.mean([check(c.text, r["answer"]) for c, r in zip(completions, rows,
-                                                                      strict=True)]))
+    scores = rewards.score(verifier, [str(r["prompt"]) for r in rows],
+                           [c.text for c in completions], answer=[r["answer"] for r in rows])
+    return float(np.mean([score > 0 for score in scores]))
