@@ -56,7 +56,7 @@ def test_prompt_token_labels_change_nothing():
              "segment_ids": np.ones((2, 12), np.int32)}
     edited = dict(batch, targets=batch["targets"].copy())
     edited["targets"][:, :7] = (edited["targets"][:, :7] + 5) % 200
-    task = SftTask(None)
+    task = SftTask(load_config("configs/sft.py:model=tiny"))
 
     def loss(p, b):
         total, sums = task.loss(nnx.merge(graphdef, p), {}, b, None)

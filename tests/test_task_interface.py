@@ -14,7 +14,7 @@ from interface_tasks import (
     ReferenceTask,
     StatefulTask,
 )
-from synthetic_task import SyntheticTask
+from synthetic_task import SyntheticTask, packed_rows
 
 from llm.checkpoint import CheckpointError
 from llm.config import load_config
@@ -84,6 +84,22 @@ def test_reference_under_lora_is_the_base_with_adapters_off(base_dir, tmp_path):
     assert task.trainable_bytes[0] < base_bytes / 4
     assert task.held_bytes[0] == task.policy_bytes[0] + task.trainable_bytes[0]
     assert task.held_bytes[0] < 1.5 * base_bytes
+
+
+def test_a_side_model_loaded_from_a_checkpoint(base_dir, tmp_path):
+    from llm.train.task import SideModel
+
+    class LoadedReference(ReferenceTask):
+        def side_models(self):  # e.g. a reward model of another run, here the base itself
+            return {"reference": SideModel(init_from=str(base_dir))}
+
+    config = config_for(tmp_path)  # the policy starts from random weights, not the base
+    task = LoadedReference(config)
+    train(config, task)
+    rows = records(tmp_path)
+    for row, before in zip(rows, task.prepare_ref_nll, strict=True):
+        assert row["ref_nll"] == pytest.approx(before, rel=1e-5)
+    assert abs(rows[0]["nll"] - rows[0]["ref_nll"]) > 1e-3  # two different models
 
 
 def test_fresh_head_on_a_base_without_it(base_dir, tmp_path):
@@ -176,3 +192,40 @@ def test_prepare_rng_is_its_own_stream():
     assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(train_key))
     np.testing.assert_array_equal(jax.random.key_data(a),
                                   jax.random.key_data(prepare_rng(rng, 3)))
+
+
+def test_resolved_values_go_to_their_own_section(tmp_path):
+    class SmallerVocab(SyntheticTask):
+        def datasets(self, config, mesh, workdir):
+            train_data, eval_data = super().datasets(config, mesh, workdir)
+            train_data.vocab_size = 640  # as a prepared dataset's tokenizer would say
+            return train_data, eval_data
+
+    config = config_for(tmp_path, "total_steps=1", "num_epochs=1")
+    train(config, SmallerVocab(config))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == 512 and saved["total_steps"] == 1  # as given
+    assert saved["resolved"]["model"]["vocab_size"] == 640
+    assert saved["resolved"]["total_steps"] == 64 // 8  # one epoch of 8-row batches
+    assert load_model(str(tmp_path)).model_cfg.vocab_size == 640
+
+
+def test_sft_honours_z_loss():
+    from flax import nnx
+
+    from llm import losses
+    from llm.model import Transformer
+    from llm.train.checks import model_config
+    from llm.train.sft import SftTask
+
+    config = load_config("configs/sft.py:model=tiny", ["train.z_loss=0.01"])
+    model = Transformer(model_config(config), nnx.Rngs(0))
+    rows = packed_rows(4, 16, 512, seed=0)
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    with_z, _ = SftTask(config).loss(model, {}, batch, None)
+    logits, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"])
+    plain, _ = losses.masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+    expected, _ = losses.masked_cross_entropy(logits, batch["targets"], batch["loss_mask"],
+                                              z_loss=0.01)
+    assert float(with_z) == pytest.approx(float(expected), rel=1e-6)
+    assert float(with_z) > float(plain)

@@ -11,7 +11,7 @@ from synthetic_task import SyntheticTask
 from test_train import config_for
 
 from llm.config import ConfigError, load_config
-from llm.train import loop
+from llm.train import workdir as loop
 from llm.train.loop import train
 
 
@@ -89,11 +89,11 @@ def test_a_stale_tokenizer_is_replaced_only_before_any_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     (workdir / "tokenizer").mkdir(parents=True)
     (workdir / "tokenizer" / "tokenizer.model").write_bytes(b"left by a failed attempt")
-    loop._copy_tokenizer(data_tok, workdir, True, has_checkpoints=False)
+    loop.copy_tokenizer(data_tok, workdir, has_checkpoints=False)
     assert (workdir / "tokenizer" / "tokenizer.model").read_bytes() == b"new"
     (data_tok / "tokenizer.model").write_bytes(b"another")
     with pytest.raises(RuntimeError, match="checkpoints were trained with it"):
-        loop._copy_tokenizer(data_tok, workdir, True, has_checkpoints=True)
+        loop.copy_tokenizer(data_tok, workdir, has_checkpoints=True)
     assert (workdir / "tokenizer" / "tokenizer.model").read_bytes() == b"new"
 
 
