@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import data, models
-from llm.peft import peft_section
+from llm.peft.methods import peft_section
 
 
 def parse_arg(arg: str | None) -> dict[str, str | bool]:

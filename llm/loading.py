@@ -24,10 +24,11 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from llm import peft, sharding
+from llm import sharding
 from llm.checkpoint import Checkpointer, CheckpointError, from_saveable, to_saveable
 from llm.model import ModelConfig, Transformer
 from llm.peft import lora
+from llm.peft import methods as peft
 
 
 @dataclasses.dataclass

@@ -26,8 +26,8 @@ import optax
 from absl import app, flags
 from flax import nnx
 
-from llm import peft
 from llm.model import ModelConfig, Transformer
+from llm.peft import methods as peft
 from llm.peft import quant
 
 # The shapes docs/benchmarks.md's fine-tuning figures were measured with: `small` is

@@ -72,8 +72,13 @@ def import_graph(package_dir: pathlib.Path) -> Graph:
                     name = name.rpartition(".")[0]
                 if name:
                     break
+            where = f"{path.relative_to(package_dir.parent)}:{line}"
             if name and name != module:
-                edges.setdefault(name, f"{path.relative_to(package_dir.parent)}:{line}")
+                edges.setdefault(name, where)
+            # `from pkg import sub` runs pkg/__init__.py first: that is an import of it too
+            base = candidates[-1]
+            if len(candidates) > 1 and base in known and base not in (module, name):
+                edges.setdefault(base, where)
     return graph
 
 
@@ -159,12 +164,14 @@ def test_the_walk_finds_cycles_and_resolves_imports(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     graph = import_graph(tmp_path / "pkg")
+    # `from pkg.sub import b` also runs pkg/sub/__init__.py: an edge to pkg.sub as well.
     assert graph == {
         "pkg": {"pkg.a": "pkg/__init__.py:1"},
-        "pkg.a": {"pkg.sub.b": "pkg/a.py:1"},
+        "pkg.a": {"pkg.sub.b": "pkg/a.py:1", "pkg.sub": "pkg/a.py:1"},
         "pkg.sub": {},
-        "pkg.sub.b": {"pkg.c": "pkg/sub/b.py:2"},
-        "pkg.c": {"pkg.sub": "pkg/c.py:2", "pkg.d": "pkg/c.py:6"},
+        "pkg.sub.b": {"pkg.c": "pkg/sub/b.py:2", "pkg": "pkg/sub/b.py:2"},
+        "pkg.c": {"pkg.sub": "pkg/c.py:2", "pkg.d": "pkg/c.py:6", "pkg": "pkg/c.py:6"},
         "pkg.d": {"pkg.a": "pkg/d.py:1"},
     }
-    assert cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.d", "pkg.a"]]
+    # One component; its shortest cycle through its first module goes via pkg/__init__.py.
+    assert cycles(graph) == [["pkg", "pkg.a", "pkg.sub.b", "pkg"]]

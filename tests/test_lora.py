@@ -11,9 +11,10 @@ from flax import nnx
 from peft_helpers import TINY, tokens
 from peft_helpers import forward as _forward
 
-from llm import peft, sharding
+from llm import sharding
 from llm.model import Transformer
 from llm.peft import lora
+from llm.peft import methods as peft
 
 
 # Mutually distinct widths (q 128->64, k/v 128->32, o 64->128, mlp 128<->192).

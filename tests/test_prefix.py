@@ -10,9 +10,9 @@ from flax import nnx
 from peft_helpers import TINY, tokens
 from peft_helpers import forward as _forward
 
-from llm import peft
 from llm.model import Transformer
 from llm.peft import lora
+from llm.peft import methods as peft
 
 
 def prefix_cfg(prefix_len=6):

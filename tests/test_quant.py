@@ -12,9 +12,10 @@ from flax import nnx
 from peft_helpers import TINY, tokens
 from peft_helpers import forward as _forward
 
-from llm import peft, sharding
+from llm import sharding
 from llm.model import Transformer
 from llm.peft import lora, quant
+from llm.peft import methods as peft
 
 
 def qlora_cfg(**overrides):

@@ -78,7 +78,7 @@ def check_loop_settings(config: ml_collections.ConfigDict, mesh) -> None:
 def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None
                  ) -> ModelConfig:
     """`config.model` with the data's vocabulary size and the `peft.*` overrides, validated."""
-    from llm import peft
+    from llm.peft import methods as peft
 
     if config.seq_len > config.model.max_seq_len:
         raise config_lib.ConfigError(

@@ -50,7 +50,7 @@ def make_train_step(task: Task, graphdef: nnx.GraphDef, side_graphdefs: dict,
 
     def micro_loss(params, frozen, side, micro, rng):
         if adapter_dropout:
-            from llm import peft
+            from llm.peft import methods as peft
 
             frozen = peft.with_dropout_rng(frozen, rng)
         model = nnx.merge(graphdef, params, frozen)

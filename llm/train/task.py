@@ -110,7 +110,7 @@ class Task:
 
     def trainable(self) -> Any:
         """nnx filter of what gets gradients and optimiser state (from `peft.method`)."""
-        from llm import peft
+        from llm.peft import methods as peft
 
         trainable = peft.trainable_filter(self.config.peft)
         if self.config.peft.method == "none" or not self.fresh:
