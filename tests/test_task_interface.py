@@ -114,6 +114,14 @@ def test_a_side_model_loaded_from_a_checkpoint(base_dir, tmp_path):
     for row, before in zip(rows, task.prepare_ref_nll, strict=True):
         assert row["ref_nll"] == pytest.approx(before, rel=1e-5)
     assert abs(rows[0]["nll"] - rows[0]["ref_nll"]) > 1e-3  # two different models
+    # ...and the side model is the checkpoint's weights: the base's loss on the first batch.
+    from flax import nnx
+    from interface_tasks import lm_nll
+
+    first = next(task.datasets(config, None, tmp_path)[0].make_iterator())
+    base = load_model(str(base_dir))
+    loss_sum, weight = lm_nll(nnx.merge(base.graphdef, base.params), first)
+    assert task.prepare_ref_nll[0] == pytest.approx(float(loss_sum / weight), rel=1e-5)
 
 
 def test_fresh_head_on_a_base_without_it(base_dir, tmp_path):

@@ -26,12 +26,13 @@ from llm import metrics as metrics_lib
 from llm import optim, sharding
 from llm.checkpoint import Checkpointer
 from llm.loading import build_model
+from llm.model import ModelConfig
 from llm.train import checks
 from llm.train import state as state_lib
 from llm.train import workdir as workdir_lib
 from llm.train.guard import UpdateGuard
 from llm.train.report import StepReporter, due
-from llm.train.task import Models, Task
+from llm.train.task import DataSource, Models, Task
 from llm.train.workdir import TrainingError
 
 __all__ = ["TrainingError", "batch_hash", "train"]
@@ -78,9 +79,90 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+@dataclasses.dataclass
+class Plan:
+    """What the loop resolves before building anything: data, model config, step count."""
+
+    train_data: DataSource
+    eval_data: DataSource | None
+    model_cfg: ModelConfig
+    total_steps: int
+    run_config: dict  # the config as given plus its `resolved` section
+
+
+@dataclasses.dataclass
+class Run:
+    """The built run: model arrays, side models, jitted steps, and the state that moves."""
+
+    config: ml_collections.ConfigDict
+    task: Task
+    plan: Plan
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    frozen: Any
+    side_graphdefs: dict
+    side: dict
+    state: dict
+    train_step: Any
+    eval_step: Any
+    train_iter: Any
+    checkpointer: Checkpointer
+    loop_state: dict
+    prepared: tuple | None = None  # (batch, index of its next update, digest, tokens, flops)
+
+    def models(self) -> Models:
+        """The policy and side models as they are now, for the task's host code."""
+        return Models(self.graphdef, self.state["params"], self.frozen, self.side_graphdefs,
+                      self.side, self.mesh, self.plan.model_cfg)
+
+    def prepare_next(self, step: int) -> bool:
+        """Read and prepare the next host batch; False when the data is exhausted."""
+        host_batch = next(self.train_iter, None)
+        if host_batch is None:
+            return False
+        digest = batch_hash(host_batch)
+        batch = _place(self.task.prepare(self.models(), host_batch,
+                                         state_lib.prepare_rng(self.state["rng"], step)),
+                       self.mesh)
+        self.prepared = (batch, 0, digest, *self.task.count(batch))
+        return True
+
+    def update(self) -> tuple[dict, str, float, float]:
+        """One optimiser update on the prepared batch's next minibatch: (device metrics,
+        batch digest, tokens, FLOPs) of this update."""
+        batch, index, digest, tokens, flops = self.prepared
+        self.state, device_metrics = self.train_step(self.state, self.frozen, self.side, batch,
+                                                     np.int32(index))
+        updates = self.task.num_updates()
+        self.prepared = None if index + 1 == updates else (batch, index + 1, digest, tokens,
+                                                           flops)
+        return device_metrics, digest, tokens / updates, flops / updates
+
+    def save(self, step: int) -> None:
+        """Checkpoint everything a rerun needs, a batch between two of its updates included."""
+        extra: dict[str, Any] = {"task": self.task.state_dict()}
+        batch = None
+        if self.prepared is not None:
+            batch, index, digest, tokens, flops = self.prepared
+            extra["prepared"] = {"index": index, "digest": digest, "tokens": tokens,
+                                 "flops": flops}
+        self.checkpointer.save(step, self.state, self.train_iter, {**self.loop_state, **extra},
+                               self.plan.run_config, prepared=batch)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out loss through the task (when there is a validation split) plus the task's
+        own evaluation, printed."""
+        eval_data = self.plan.eval_data
+        metrics = {} if eval_data is None else _held_out(self, eval_data)
+        metrics.update(self.task.evaluate(self.models(), step))
+        if metrics:
+            print(" | ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+        return metrics
+
+
 def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[str, Any]:
     """Run (or resume) training in `config.workdir`; returns the final metrics."""
-    # ---------------------------------------------------------------- workdir and config
+    # ---------------------------------------------------------------- workdir, task, mesh
     workdir = workdir_lib.make_workdir(config)
     sharding.maybe_initialize_distributed()
     is_primary = jax.process_index() == 0
@@ -90,13 +172,48 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
         task = get_task(config.task)(config)
     checks.check_run_settings(config)
     task.check()
-
-    # ---------------------------------------------------------------- mesh
+    if task.num_updates() < 1:
+        raise config_lib.ConfigError(f"task {task.name!r}: num_updates() is "
+                                     f"{task.num_updates()}; expected >= 1 per batch")
     mesh = sharding.make_mesh(dict(config.mesh.shape))
     rules = {k: (v or None) for k, v in config.mesh.rules.items()}
     checks.check_loop_settings(config, mesh)
 
-    # ---------------------------------------------------------------- data
+    # ---------------------------------------------------------------- data and run config
+    plan = _plan(config, task, mesh, workdir)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
+                                async_save=config.checkpoint.async_save)
+    workdir_lib.check_same_run(workdir, plan.run_config, checkpointer)
+    if is_primary:
+        workdir_lib.copy_tokenizer(plan.train_data.tokenizer_dir, workdir,
+                                   bool(checkpointer.steps()))
+
+    # ---------------------------------------------------------------- model, steps, resume
+    run = _build(config, task, plan, mesh, rules, checkpointer)
+    start_step = _resume(run, workdir)
+    if is_primary:
+        workdir_lib.write_run_config(workdir, plan.run_config)
+    writer = metrics_lib.MetricsWriter(workdir, start_step, config.log, is_primary,
+                                       plan.run_config)
+    reporter = StepReporter(writer, config.log.every_steps, plan.total_steps, start_step,
+                            task.observe if task.has_state else None)
+
+    # ---------------------------------------------------------------- loop
+    stop = _StopFlag()
+    stop.install()
+    try:
+        step = _loop(run, start_step, reporter, writer, stop)
+    finally:
+        stop.restore()
+        checkpointer.close()
+        writer.close()
+    reporter.final["step"] = step
+    return reporter.final
+
+
+def _plan(config, task: Task, mesh, workdir) -> Plan:
+    """The task's data, the model config its tokenizer fixes, the step count, the run config
+    with its `resolved` section (the user's keys stay as given)."""
     train_data, eval_data = task.datasets(config, mesh, workdir)
     model_cfg = checks.model_config(config, train_data.vocab_size)
     if model_cfg.vocab_size != config.model.vocab_size:
@@ -116,75 +233,28 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
         print(f"optim.warmup_steps={config.optim.warmup_steps} exceeds the run's "
               f"{total_steps} steps: the learning rate warms up over all of them", flush=True)
     run_config = json.loads(config_lib.to_json(config))
-    run_config["resolved"] = {  # what the loop worked out; the user's keys stay as given
+    run_config["resolved"] = {
         "model": dataclasses.asdict(model_cfg), "total_steps": total_steps,
         "tokenizer": str(train_data.tokenizer_dir) if train_data.tokenizer_dir else ""}
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
-                                async_save=config.checkpoint.async_save)
-    workdir_lib.check_same_run(workdir, run_config, checkpointer)
-    if is_primary:
-        workdir_lib.copy_tokenizer(train_data.tokenizer_dir, workdir,
-                                   bool(checkpointer.steps()))
+    return Plan(train_data, eval_data, model_cfg, total_steps, run_config)
 
-    # ---------------------------------------------------------------- model and optimiser
-    model = build_model(model_cfg, config.peft, mesh, rules, seed=config.seed,
+
+def _build(config, task: Task, plan: Plan, mesh, rules, checkpointer: Checkpointer) -> Run:
+    """Model (born sharded, base loaded, adapters on), side models, optimiser, train state
+    and the jitted steps."""
+    model = build_model(plan.model_cfg, config.peft, mesh, rules, seed=config.seed,
                         init_from=config.init_from, build=task.build, fresh=task.fresh,
-                        data_tokenizer_dir=train_data.tokenizer_dir)
+                        data_tokenizer_dir=plan.train_data.tokenizer_dir)
     graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
     del model
-    side_graphdefs, side = _side_models(task, graphdef, params, frozen, model_cfg, config,
-                                        mesh, rules)
-    tx, schedule = optim.make_optimizer(config.optim, total_steps, task.param_groups())
+    side_graphdefs, side = _side_models(task, graphdef, params, frozen, plan.model_cfg,
+                                        config, mesh, rules)
+    tx, schedule = optim.make_optimizer(config.optim, plan.total_steps, task.param_groups())
     guard = UpdateGuard.from_config(tx, config.train)
     state = jax.jit(lambda p: state_lib.new_state(p, guard, config.seed))(params)
-    del params  # the state holds them now (its step donates them)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-
-    # ---------------------------------------------------------------- checkpoint / resume
-    train_iter = train_data.make_iterator()
-    loop_state: dict[str, Any] = {"best_eval_loss": None, "evals_since_best": 0,
-                                  "tokens_seen": 0}
-    if config.peft.method != "none":  # adapters record the base they were trained on
-        from llm.peft import lora
-
-        loop_state["base_hash"] = lora.base_hash(frozen)
-    prepared = None  # (batch, index of its next update, digest, tokens, flops)
-    start_step = 0
-    restored = checkpointer.restore_latest(state, state_shardings, train_iter, mesh) \
-        if checkpointer.steps() else None
-    if restored is not None:
-        base_hash = loop_state.get("base_hash")
-        start_step, state, loop_state, prepared_batch = restored
-        if base_hash != loop_state.get("base_hash"):
-            raise TrainingError(
-                f"{workdir}: the adapters were trained on a different base than "
-                f"init_from={config.init_from!r} gives now; restore that base or use a new "
-                "workdir")
-        task.load_state_dict(loop_state.pop("task", {}))
-        if prepared_batch is not None:
-            saved = loop_state.pop("prepared")
-            prepared = (prepared_batch, saved["index"], saved["digest"], saved["tokens"],
-                        saved["flops"])
-        print(f"resumed from {workdir / 'checkpoints' / str(start_step)}", flush=True)
-    elif checkpointer.steps():
-        print("no readable checkpoint; starting from scratch", flush=True)
-    if is_primary:
-        workdir_lib.write_run_config(workdir, run_config)
-    writer = metrics_lib.MetricsWriter(workdir, start_step, config.log, is_primary, run_config)
-
-    def save(step: int) -> None:
-        extra = {"task": task.state_dict()}
-        batch = None
-        if prepared is not None:  # between two updates of one batch: keep it and its place
-            batch, index, digest, tokens, flops = prepared
-            extra["prepared"] = {"index": index, "digest": digest, "tokens": tokens,
-                                 "flops": flops}
-        checkpointer.save(step, state, train_iter, {**loop_state, **extra}, run_config,
-                          prepared=batch)
-
-    # ---------------------------------------------------------------- jitted steps
-    use_dropout = any(getattr(model_cfg, k) > 0 for k in ("embed_dropout", "attn_dropout",
-                                                           "resid_dropout"))
+    use_dropout = any(getattr(plan.model_cfg, k) > 0
+                      for k in ("embed_dropout", "attn_dropout", "resid_dropout"))
     step_fn = state_lib.make_train_step(
         task, graphdef, side_graphdefs, guard, schedule,
         grad_accum=int(config.optim.grad_accum), use_dropout=use_dropout,
@@ -194,89 +264,92 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
                          donate_argnums=0)
     eval_step = jax.jit(state_lib.make_eval_step(task, graphdef, side_graphdefs),
                         out_shardings=replicated)
+    loop_state: dict[str, Any] = {"best_eval_loss": None, "evals_since_best": 0,
+                                  "tokens_seen": 0}
+    if config.peft.method != "none":  # adapters record the base they were trained on
+        from llm.peft import lora
 
-    def models() -> Models:
-        return Models(graphdef, state["params"], frozen, side_graphdefs, side, mesh, model_cfg)
+        loop_state["base_hash"] = lora.base_hash(frozen)
+    return Run(config, task, plan, mesh, graphdef, frozen, side_graphdefs, side, state,
+               train_step, eval_step, plan.train_data.make_iterator(), checkpointer,
+               loop_state)
 
-    def evaluate_all(step: int) -> dict[str, float]:
-        """Held-out loss through the task (when there is a validation split) plus the
-        task's own evaluation, printed."""
-        metrics = {} if eval_data is None else _held_out(eval_step, models(), eval_data,
-                                                         mesh, config, task)
-        metrics.update(task.evaluate(models(), step))
-        if metrics:
-            print(" | ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
-        return metrics
 
-    # ---------------------------------------------------------------- loop
-    stop = _StopFlag()
-    stop.install()
-    reporter = StepReporter(writer, config.log.every_steps, total_steps, start_step,
-                            task.observe if task.has_state else None)
-    final_metrics = reporter.final
-    num_updates = task.num_updates()
+def _resume(run: Run, workdir) -> int:
+    """Restore the newest readable checkpoint into `run` (state, data position, loop and
+    task state, a batch mid-use); returns the step to continue from (0 when none)."""
+    checkpointer = run.checkpointer
+    if not checkpointer.steps():
+        return 0
+    shardings = jax.tree.map(lambda x: x.sharding, run.state)
+    restored = checkpointer.restore_latest(run.state, shardings, run.train_iter, run.mesh)
+    if restored is None:
+        print("no readable checkpoint; starting from scratch", flush=True)
+        return 0
+    start_step, run.state, loop_state, prepared_batch = restored
+    if run.loop_state.get("base_hash") != loop_state.get("base_hash"):
+        raise TrainingError(
+            f"{workdir}: the adapters were trained on a different base than "
+            f"init_from={run.config.init_from!r} gives now; restore that base or use a new "
+            "workdir")
+    run.task.load_state_dict(loop_state.pop("task", {}))
+    saved = loop_state.pop("prepared", None)
+    if prepared_batch is not None:
+        run.prepared = (prepared_batch, saved["index"], saved["digest"], saved["tokens"],
+                        saved["flops"])
+    run.loop_state = loop_state
+    print(f"resumed from {workdir / 'checkpoints' / str(start_step)}", flush=True)
+    return start_step
+
+
+def _loop(run: Run, start_step: int, reporter: StepReporter, writer, stop: _StopFlag) -> int:
+    """Updates until total_steps, the data's end, a signal or early stopping; returns the
+    last step. Each update is dispatched before the previous one's metrics are read."""
+    config, task, total_steps = run.config, run.task, run.plan.total_steps
     stopped_early = False
     step = last_saved = start_step
-    try:
-        while step < total_steps:
-            if prepared is None:
-                host_batch = next(train_iter, None)
-                if host_batch is None:
-                    print("training data exhausted", flush=True)
-                    break
-                if task.has_state:
-                    reporter.flush()  # the task state has seen every step before `prepare`
-                digest = batch_hash(host_batch)
-                batch = task.prepare(models(), host_batch,
-                                     state_lib.prepare_rng(state["rng"], step))
-                batch = _place(batch, mesh)
-                tokens, flops = task.count(batch)
-                prepared = (batch, 0, digest, tokens, flops)
-            batch, index, digest, tokens, flops = prepared
-            state, device_metrics = train_step(state, frozen, side, batch,
-                                               np.int32(index))
-            step += 1
-            prepared = None if index + 1 == num_updates else (batch, index + 1, digest,
-                                                                tokens, flops)
-            reporter.submit(step, device_metrics, digest, tokens / num_updates,
-                            flops / num_updates)
-            at_checkpoint = due(step, config.checkpoint.every_steps, total_steps)
-            at_eval = due(step, config.eval.every_steps, total_steps)
-            preempted = stop.agreed()
-            if at_checkpoint or at_eval or preempted:
-                reporter.flush()
-            if at_eval:
-                eval_metrics = evaluate_all(step)
-                writer.write(step, eval_metrics)
-                final_metrics.update(eval_metrics)
-                stopped_early = _early_stop(loop_state, eval_metrics, config)
-            loop_state["tokens_seen"] += tokens / num_updates
-            if at_checkpoint or preempted or stopped_early:
-                save(step)
-                last_saved = step
-            if preempted:
-                print(f"stopping at step {step} after a signal; checkpoint saved", flush=True)
+    while step < total_steps:
+        if run.prepared is None:
+            if task.has_state:
+                reporter.flush()  # the task state has seen every step before `prepare`
+            if not run.prepare_next(step):
+                print("training data exhausted", flush=True)
                 break
-            if stopped_early:
-                print(f"early stopping at step {step}: no eval improvement in "
-                      f"{config.eval.patience} evaluations", flush=True)
-                break
-        if step == start_step and step >= total_steps:
-            # The same command rerun after the run finished: nothing to train, but callers
-            # (scripts, sweeps) still get the finished state's evaluation.
-            print(f"run already complete at step {step} of {total_steps}; evaluating it",
-                  flush=True)
-            if config.eval.every_steps > 0:
-                final_metrics.update(evaluate_all(step))
-        reporter.flush()
-        if step > last_saved:
-            save(step)
-    finally:
-        stop.restore()
-        checkpointer.close()
-        writer.close()
-    final_metrics["step"] = step
-    return final_metrics
+        device_metrics, digest, tokens, flops = run.update()
+        step += 1
+        reporter.submit(step, device_metrics, digest, tokens, flops)
+        at_checkpoint = due(step, config.checkpoint.every_steps, total_steps)
+        at_eval = due(step, config.eval.every_steps, total_steps)
+        preempted = stop.agreed()
+        if at_checkpoint or at_eval or preempted:
+            reporter.flush()
+        if at_eval:
+            eval_metrics = run.evaluate(step)
+            writer.write(step, eval_metrics)
+            reporter.final.update(eval_metrics)
+            stopped_early = _early_stop(run.loop_state, eval_metrics, config)
+        run.loop_state["tokens_seen"] += tokens
+        if at_checkpoint or preempted or stopped_early:
+            run.save(step)
+            last_saved = step
+        if preempted:
+            print(f"stopping at step {step} after a signal; checkpoint saved", flush=True)
+            break
+        if stopped_early:
+            print(f"early stopping at step {step}: no eval improvement in "
+                  f"{config.eval.patience} evaluations", flush=True)
+            break
+    if step == start_step and step >= total_steps:
+        # The same command rerun after the run finished: nothing to train, but callers
+        # (scripts, sweeps) still get the finished state's evaluation.
+        print(f"run already complete at step {step} of {total_steps}; evaluating it",
+              flush=True)
+        if config.eval.every_steps > 0:
+            reporter.final.update(run.evaluate(step))
+    reporter.flush()
+    if step > last_saved:
+        run.save(step)
+    return step
 
 
 def _side_models(task: Task, graphdef, params, frozen, model_cfg, config, mesh, rules
@@ -293,8 +366,12 @@ def _side_models(task: Task, graphdef, params, frozen, model_cfg, config, mesh, 
             graphdefs[name] = graphdef
             if config.peft.method == "none":
                 states[name] = (jax.jit(lambda p: jax.tree.map(jnp.copy, p))(params), frozen)
-            else:
-                states[name] = (jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p))(params),
+            else:  # only the adapters are zeroed; a task's fresh heads stay as they start
+                from llm.peft import lora
+
+                adapters, heads = nnx.split_state(params, lora.ADAPTERS, ...)
+                zeroed = jax.jit(lambda a: jax.tree.map(jnp.zeros_like, a))(adapters)
+                states[name] = (zeroed, jax.jit(lambda h: jax.tree.map(jnp.copy, h))(heads),
                                 frozen)
             continue
         side_model = build_model(model_cfg, ml_collections.ConfigDict({"method": "none"}),
@@ -314,21 +391,22 @@ def _place(batch: dict, mesh) -> dict:
     return {**sharding.place_batch(host, mesh), **placed}
 
 
-def _held_out(eval_step, models: Models, eval_data, mesh, config, task: Task
-              ) -> dict[str, float]:
+def _held_out(run: Run, eval_data: DataSource) -> dict[str, float]:
+    """Summed held-out metrics over `eval.steps` batches, each prepared by the task."""
     iterator = eval_data.make_iterator()
+    models = run.models()
     sums: dict[str, float] = {}
-    for _ in range(int(config.eval.steps)):
+    for _ in range(int(run.config.eval.steps)):
         host_batch = next(iterator, None)
         if host_batch is None:
             break
-        batch = _place(task.prepare_eval(models, host_batch), mesh)
-        out = jax.device_get(eval_step(models.params, models.frozen, models.side, batch))
+        batch = _place(run.task.prepare_eval(models, host_batch), run.mesh)
+        out = jax.device_get(run.eval_step(models.params, models.frozen, models.side, batch))
         for key, value in out.items():
             sums[key] = sums.get(key, 0.0) + float(value)
     if not sums:
         return {}
-    metrics = task.eval_metrics(sums)
+    metrics = run.task.eval_metrics(sums)
     if "eval_nll" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_nll"], 50.0))
     return metrics

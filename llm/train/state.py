@@ -34,6 +34,11 @@ def prepare_rng(state_rng: jax.Array, step: int) -> jax.Array:
 
 def split_micro_batches(batch: dict, accum: int) -> dict:
     """[B, ...] → [accum, B/accum, ...] keeping each micro-batch's rows contiguous."""
+    for key, value in batch.items():  # at trace time: one clear error, not a reshape's
+        if value.ndim == 0 or value.shape[0] % accum:
+            raise ValueError(f"batch[{key!r}] has shape {tuple(value.shape)}: every array of "
+                             f"an update needs a leading row axis that "
+                             f"optim.grad_accum={accum} divides")
     return {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in batch.items()}
 
 
