@@ -25,7 +25,7 @@ from llm import config as config_lib
 from llm import metrics as metrics_lib
 from llm import optim, sharding
 from llm.checkpoint import Checkpointer
-from llm.loading import build_model
+from llm.loading import build_model, load_model
 from llm.model import ModelConfig
 from llm.train import checks
 from llm.train import state as state_lib
@@ -247,8 +247,7 @@ def _build(config, task: Task, plan: Plan, mesh, rules, checkpointer: Checkpoint
                         data_tokenizer_dir=plan.train_data.tokenizer_dir)
     graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
     del model
-    side_graphdefs, side = _side_models(task, graphdef, params, frozen, plan.model_cfg,
-                                        config, mesh, rules)
+    side_graphdefs, side = _side_models(task, graphdef, params, frozen, config, mesh, rules)
     tx, schedule = optim.make_optimizer(config.optim, plan.total_steps, task.param_groups())
     guard = UpdateGuard.from_config(tx, config.train)
     state = jax.jit(lambda p: state_lib.new_state(p, guard, config.seed))(params)
@@ -352,7 +351,7 @@ def _loop(run: Run, start_step: int, reporter: StepReporter, writer, stop: _Stop
     return step
 
 
-def _side_models(task: Task, graphdef, params, frozen, model_cfg, config, mesh, rules
+def _side_models(task: Task, graphdef, params, frozen, config, mesh, rules
                  ) -> tuple[dict, dict]:
     """(graphdefs, states) of the task's frozen side models.
 
@@ -374,11 +373,9 @@ def _side_models(task: Task, graphdef, params, frozen, model_cfg, config, mesh, 
                 states[name] = (zeroed, jax.jit(lambda h: jax.tree.map(jnp.copy, h))(heads),
                                 frozen)
             continue
-        side_model = build_model(model_cfg, ml_collections.ConfigDict({"method": "none"}),
-                                 mesh, rules, seed=config.seed, init_from=spec.init_from,
-                                 build=spec.build)
-        graphdefs[name], side_state = nnx.split(side_model)
-        states[name] = (side_state,)
+        # Loaded whole, heads included (a reward model's score head is in its checkpoint).
+        loaded = load_model(spec.init_from, mesh, rules, build=spec.build)
+        graphdefs[name], states[name] = loaded.graphdef, (loaded.params,)
     return graphdefs, states
 
 
