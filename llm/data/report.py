@@ -11,6 +11,17 @@ from llm.data.loaders import META_FILE
 FORMAT = "llm-records-v1"
 
 
+def removed_row(source: str, line: int, stage: str, filter: str, value=None, threshold=None,
+                **extra) -> dict:
+    """One `removed.jsonl` row: where the record was, which stage and filter dropped it, why.
+
+    Every stage that drops records (cleaning, dedup, decontamination, the SFT and
+    preference row rules) writes this shape; dedup adds `duplicate_of`.
+    """
+    return {"source": source, "line": line, "stage": stage, "filter": filter, "value": value,
+            "threshold": threshold, **extra}
+
+
 def _where(order: int, files: list[str]) -> dict:
     """{'source', 'line'} of a global order key (file index << 32 | line)."""
     return {"source": files[order >> 32], "line": order & 0xFFFFFFFF}
