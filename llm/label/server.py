@@ -89,12 +89,14 @@ class Assigner:
         self.leases = {p: (who, until) for p, (who, until) in self.leases.items()
                        if until > now and who != labeller}
         held = {}
-        for pid, (_, _) in self.leases.items():
+        for pid in self.leases:
             held[pid] = held.get(pid, 0) + 1
         open_ = [c for c in self.store.candidates if c.id not in mine.get(labeller, set())
                  and judged.get(c.id, 0) + held.get(c.id, 0) < self.per_prompt]
-        fresh = [c for c in open_ if c.id not in skipped.get(labeller, set())]
-        pick = (fresh or open_ or [None])[0]  # skipped prompts come back last
+        # Prompts nobody else holds first, so labellers at once see different ones; the
+        # labeller's skipped prompts come back last.
+        pick = min(open_, default=None, key=lambda c: (
+            c.id in skipped.get(labeller, set()), held.get(c.id, 0) > 0))
         if pick is not None:
             self.leases[pick.id] = (labeller, now + LEASE_S)
         total = len(self.store.candidates) * self.per_prompt
