@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from label_helpers import ByteTokenizer, read_jsonl, tiny_model, write_candidates
 
+from configs import label as label_config
+from llm.config import load_config
 from llm.label import judge, modes
 from llm.label.store import Candidate, LabelError
 from llm.sampling.sampler import plain_chat_template
-
-sys.path.insert(0, ".")
-from configs import label as label_config  # noqa: E402
 
 ROWS = [{"id": "p1", "prompt": "2 + 2?", "responses": ["4", "5", "four", "4"]},
         {"id": "p2", "prompt": "Capital of France?", "responses": ["Paris", "Lyon"]}]
@@ -91,14 +88,7 @@ def test_principles_files(tmp_path):
 
 
 def config(**values):
-    c = label_config.get_config()
-    for key, value in values.items():
-        target = c
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    return c
+    return load_config("configs/label.py", [f"{k}={v}" for k, v in values.items()])
 
 
 def listing(root):
