@@ -142,7 +142,9 @@ def running(tmp_path):
 
 def fetch(url: str, data: dict | None = None, headers: dict | None = None):
     body = None if data is None else json.dumps(data).encode()
-    request = urllib.request.Request(url, body, headers or {})
+    headers = {**({} if data is None else {"Content-Type": "application/json"}),
+               **(headers or {})}
+    request = urllib.request.Request(url, body, headers)
     try:
         with urllib.request.urlopen(request) as reply:
             return reply.status, reply.read(), reply.headers
@@ -160,7 +162,7 @@ def test_non_loopback_needs_a_token_and_requests_without_it_get_401(running):
         assert fetch(url + path)[0] == 401
     assert fetch(url + "/api/next?labeller=ann", headers={"X-Label-Token": "wrong"})[0] == 401
     assert fetch(url + "/api/judge", {"labeller": "ann", "id": "p1", "kind": "tie"})[0] == 401
-    assert not (store.dir / "judgements.jsonl").exists()
+    assert (store.dir / "judgements.jsonl").read_text() == ""  # nothing recorded
     status, _, headers = fetch(url + "/?token=s3cret")
     assert status == 200 and "label_token=s3cret" in headers["Set-Cookie"]
     assert "script-src 'self'" in headers["Content-Security-Policy"]
@@ -171,6 +173,31 @@ def test_non_loopback_needs_a_token_and_requests_without_it_get_401(running):
                                                  "ranking": [0, 0]},
                             {"X-Label-Token": "s3cret"})
     assert status == 400 and b"distinct answer indices" in body
+    status, body, _ = fetch(url + "/api/judge", {"labeller": "ann", "id": "p1", "kind": "tie"},
+                            {"X-Label-Token": "s3cret", "Content-Type": "text/plain"})
+    assert status == 400 and b"application/json" in body  # what a cross-site form can send
+    assert (store.dir / "judgements.jsonl").read_text() == ""  # nothing recorded
+
+
+def test_a_tokenless_server_answers_only_its_own_host_names(tmp_path):
+    write_candidates(tmp_path, ROWS)
+    httpd = server.make_server(Store(tmp_path), port=0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    try:
+        url = f"http://127.0.0.1:{port}/api/next?labeller=ann"
+        assert fetch(url)[0] == 200
+        assert fetch(url, headers={"Host": f"localhost:{port}"})[0] == 200
+        # a DNS name rebound to 127.0.0.1 by some web page
+        assert fetch(url, headers={"Host": f"evil.example:{port}"})[0] == 403
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(LabelError, match="cannot listen there"):
+            server.make_server(Store(tmp_path), port=taken.getsockname()[1])
 
 
 @pytest.mark.slow

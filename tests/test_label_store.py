@@ -175,3 +175,11 @@ def test_bad_prompts_files_name_the_file_and_line(tmp_path):
     dup.write_text('{"prompt": "a"}\n{"prompt": "a"}\n')
     with pytest.raises(LabelError, match="line 2: prompt id .* repeats line 1"):
         candidates.read_prompts(str(dup))
+
+
+def test_a_preferences_file_this_tool_did_not_write_is_never_overwritten(tmp_path):
+    write_candidates(tmp_path, ROWS)
+    (tmp_path / "preferences.jsonl").write_text('{"prompt": "mine"}\n')
+    with pytest.raises(LabelError, match="preferences.jsonl exists but judgements.jsonl"):
+        Store(tmp_path)
+    assert (tmp_path / "preferences.jsonl").read_text() == '{"prompt": "mine"}\n'

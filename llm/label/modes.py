@@ -81,9 +81,6 @@ def run_ai(config: Any) -> dict:
 
     out = _output_dir(config)
     principles, principles_hash = judge_lib.read_principles(config.label.principles)
-    if not 0.0 <= config.label.min_confidence <= 1.0:
-        raise LabelError(f"label.min_confidence={config.label.min_confidence}: expected a "
-                         "value in [0, 1]")
     store = Store(out)
     model, digest = judge_lib.load_judge(config.label.judge, config.label.judge_batch_size)
     name = f"ai:{digest}"
@@ -149,12 +146,27 @@ def run_agreement(config: Any) -> list[dict]:
     return rows
 
 
+def check_keys(config: Any) -> None:
+    """The `label.*` numbers, checked before any model loads or file is written."""
+    label = config.label
+    for key, low in (("num_responses", 2), ("batch_size", 1), ("judge_batch_size", 1),
+                     ("per_prompt", 1)):
+        if label[key] < low:
+            raise LabelError(f"--config.label.{key}={label[key]}: expected >= {low}")
+    if not 0.0 <= label.min_confidence <= 1.0:
+        raise LabelError(f"--config.label.min_confidence={label.min_confidence}: expected a "
+                         "value in [0, 1]")
+    if not 0 <= label.port <= 65535:
+        raise LabelError(f"--config.label.port={label.port}: expected 0..65535")
+
+
 def run(config: Any) -> Any:
     """Run the mode the config names."""
     modes = {"sample": run_sample, "human": run_human, "ai": run_ai, "verifier": run_scored,
              "reward": run_scored, "agreement": run_agreement}
     if config.mode not in modes:
         raise LabelError(f"--config.mode={config.mode!r}: expected one of {', '.join(modes)}")
+    check_keys(config)
     result = modes[config.mode](config)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, sort_keys=True), file=sys.stderr)

@@ -155,6 +155,9 @@ def make_handler(assigner: Assigner, token: str) -> type[http.server.BaseHTTPReq
 
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "llm-label"
+        # When set, the only Host headers served: without a token, a web page elsewhere could
+        # otherwise reach a loopback server through a DNS name rebound to 127.0.0.1.
+        allowed_hosts: frozenset[str] = frozenset()
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base name
             pass  # one line per request would bury the progress lines
@@ -192,6 +195,8 @@ def make_handler(assigner: Assigner, token: str) -> type[http.server.BaseHTTPReq
         def _route(self, method: str) -> None:
             url = urllib.parse.urlsplit(self.path)
             query = urllib.parse.parse_qs(url.query)
+            if self.allowed_hosts and self.headers.get("Host", "") not in self.allowed_hosts:
+                return self._json(403, {"error": "unexpected Host header"})
             cookie = self._authorised(query)
             if cookie is None:
                 return self._json(401, {"error": "missing or wrong access token"})
@@ -217,6 +222,9 @@ def make_handler(assigner: Assigner, token: str) -> type[http.server.BaseHTTPReq
             return self._json(404, {"error": f"no such page: {method} {url.path}"})
 
         def _body(self) -> dict:
+            # JSON only: another site's plain form post cannot send this type (CSRF).
+            if self.headers.get("Content-Type", "").split(";")[0] != "application/json":
+                raise LabelError("expected Content-Type: application/json")
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
                 raise LabelError("request too large")
@@ -243,8 +251,19 @@ def make_server(store: Store, *, host: str = "127.0.0.1", port: int = 0, token: 
                 per_prompt: int = 1) -> http.server.ThreadingHTTPServer:
     """A server for the store's candidates, bound and ready (`serve_forever` runs it)."""
     check_bind(host, token)
+    if not 0 <= port <= 65535:
+        raise LabelError(f"label.port={port}: expected 0..65535 (0 picks a free port)")
     assigner = Assigner(store, per_prompt)
     store.rebuild()
-    server = http.server.ThreadingHTTPServer((host, port), make_handler(assigner, token))
+    handler = make_handler(assigner, token)
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as error:
+        raise LabelError(f"label.host={host!r}, label.port={port}: cannot listen there "
+                         f"({error.strerror})") from None
+    if not token:  # loopback only: accept the names of this address alone
+        bound = server.server_address[1]
+        names = (f"[{host}]" if ":" in host else host, "localhost", "127.0.0.1")
+        handler.allowed_hosts = frozenset(f"{name}:{bound}" for name in names)
     server.daemon_threads = True
     return server

@@ -118,6 +118,9 @@ class Store:
         self.by_id = {c.id: c for c in self.candidates}
         self.lock = threading.Lock()
         self.log_path = self.dir / LOG
+        if (self.dir / PREFERENCES).exists() and not self.log_path.exists():
+            raise LabelError(f"{self.dir / PREFERENCES} exists but {LOG} does not: it was not "
+                             "written by this tool and is never overwritten; move it away")
         cut_torn_tail(self.log_path)
         self.records = [r for _, r in read_jsonl(self.log_path)] if self.log_path.exists() \
             else []
@@ -147,6 +150,7 @@ class Store:
     def rebuild(self) -> dict:
         """Rewrite preferences.jsonl and report.json from the log; returns the report."""
         rows, report = build_rows(self.active(), self.by_id)
+        self.log_path.touch()  # our preferences.jsonl never exists without its log
         report["undone"] = sum(r["kind"] == "undo" for r in self.records)
         report["prompts"] = len(self.candidates)
         _atomic_write(self.dir / PREFERENCES,
