@@ -183,3 +183,11 @@ def test_a_preferences_file_this_tool_did_not_write_is_never_overwritten(tmp_pat
     with pytest.raises(LabelError, match="preferences.jsonl exists but judgements.jsonl"):
         Store(tmp_path)
     assert (tmp_path / "preferences.jsonl").read_text() == '{"prompt": "mine"}\n'
+
+
+def test_a_ranking_over_repeated_answers_makes_no_pair_of_a_text_with_itself(tmp_path):
+    write_candidates(tmp_path, [{"id": "p", "prompt": "q", "responses": ["a", "b", "a"]}])
+    store = Store(tmp_path)
+    store.append([{"judge": "human:ann", "id": "p", "kind": "rank", "ranking": [0, 2, 1]}])
+    rows = read_jsonl(tmp_path / "preferences.jsonl")
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("a", "b"), ("a", "b")]

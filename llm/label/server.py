@@ -119,14 +119,13 @@ class Assigner:
             ranking = body.get("ranking")
             k = len(cand.responses)
             if not isinstance(ranking, list) or not ranking or len(set(ranking)) != len(
-                    ranking) or not all(isinstance(i, int) and 0 <= i < k for i in ranking):
+                    ranking) or not all(type(i) is int and 0 <= i < k for i in ranking):
                 raise LabelError(f"ranking={ranking!r}: expected distinct answer indices in "
                                  f"0..{k - 1}, best first")
             record.update(ranking=ranking, confidence=1.0)
-        with self.store.lock:  # one labeller's prompt is judged once
-            _, mine, _ = self._counts()
-            if kind != "skip" and pid in mine.get(labeller, set()):
-                raise LabelError(f"{labeller} has already judged prompt {pid!r}")
+        _, mine, _ = self._counts()  # the server runs one call at a time
+        if kind != "skip" and pid in mine.get(labeller, set()):
+            raise LabelError(f"{labeller} has already judged prompt {pid!r}")
         self.store.append([record])
         self.leases.pop(pid, None)
 

@@ -129,7 +129,7 @@ class Store:
                 raise LabelError(f"{self.log_path} line {n}: expected 'judge' and a 'kind' in "
                                  f"{', '.join(KINDS)}")
 
-    def append(self, records: list[dict], rebuild: bool = True) -> list[dict]:
+    def append(self, records: list[dict]) -> list[dict]:
         """Append records (each gets `seq` and `time`), flushed to disk, then rebuild."""
         with self.lock:
             with open(self.log_path, "a", encoding="utf-8") as f:
@@ -138,8 +138,7 @@ class Store:
                               **record}
                     append_line(f, record)
                     self.records.append(record)
-            if rebuild:
-                self.rebuild()
+            self.rebuild()
         return self.records[-len(records):] if records else []
 
     def active(self) -> list[dict]:
@@ -181,6 +180,8 @@ def build_rows(records: list[dict], by_id: dict[str, Candidate]) -> tuple[list[d
         if kind in ("rank", "pair"):
             pairs = (ranking_pairs(record["ranking"], len(cand.responses)) if kind == "rank"
                      else [(record["chosen"], record["rejected"])])
+            # the same text twice (a model repeating itself) teaches nothing as a pair
+            pairs = [(b, w) for b, w in pairs if cand.responses[b] != cand.responses[w]]
             for better, worse in pairs:
                 rows.append({"prompt": cand.prompt, "chosen": cand.responses[better],
                              "rejected": cand.responses[worse], **common,
