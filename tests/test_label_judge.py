@@ -141,3 +141,8 @@ def test_verifier_mode_end_to_end_writes_pairs_report_and_sft(tmp_path):
     assert report["sft_rows"] == 2 == len(read_jsonl(tmp_path / "sft.jsonl"))
     again = modes.run(config(mode="verifier", output_dir=str(tmp_path)))
     assert again["pairs"] == 1  # a rerun adds nothing already judged
+
+
+def test_a_judge_prompt_longer_than_the_judges_context_is_a_clear_error():
+    with pytest.raises(LabelError, match="judge reads at most 512"):
+        tiny_judge()([judge.judge_prompt("be brief", "q", "x" * 600, "y")])

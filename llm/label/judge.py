@@ -49,7 +49,10 @@ def read_principles(path: str) -> tuple[list[str], str]:
     if not file.is_file():
         raise LabelError(f"--config.label.principles={path!r}: no such file")
     data = file.read_bytes()
-    text = data.decode("utf-8", errors="replace")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise LabelError(f"{path}: not UTF-8 text (byte {error.start})") from None
     if file.suffix == ".json":
         try:
             found = json.loads(text)
@@ -61,7 +64,11 @@ def read_principles(path: str) -> tuple[list[str], str]:
         found = []
         for number, line in enumerate(text.splitlines(), 1):
             if line.strip():
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise LabelError(f"{path} line {number}: not valid JSON ({error.msg})"
+                                     ) from None
                 if not isinstance(row, dict) or not isinstance(row.get("principle"), str):
                     raise LabelError(f"{path} line {number}: expected {{\"principle\": str}}")
                 found.append(row["principle"])
@@ -162,10 +169,17 @@ class ModelJudge:
         self.graphdef, self.params, self.render = graphdef, params, render
         self.label_ids_2 = jnp.asarray(label_ids, jnp.int32)
         self.batch_size = batch_size
+        self.max_len = nnx.merge(graphdef, params).cfg.max_seq_len
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         """logp_N2 of 'A' and 'B' as the first reply token after each judge prompt."""
         ids = [self.render(t) for t in texts]
+        longest = max(range(len(ids)), key=lambda n: len(ids[n]))
+        if len(ids[longest]) > self.max_len:
+            raise LabelError(f"a judge prompt is {len(ids[longest])} tokens and the judge reads "
+                             f"at most {self.max_len} (its model.max_seq_len): shorten the "
+                             f"answers (max_new_tokens) or use a judge with a longer context; "
+                             f"the prompt begins {texts[longest][:200]!r}")
         width = -(-max(map(len, ids)) // 64) * 64  # one compile per 64-token bucket
         out = []
         for start in range(0, len(ids), self.batch_size):
