@@ -7,4 +7,5 @@ a verifier or a reward model, written as preference JSONL the reward and DPO tas
     scorers.py      verifier / reward-model ranking behind one scorer interface
     server.py       the ranking page's HTTP server (static/ holds the page)
     agreement.py    agreement rate and Cohen's kappa between judges, per principle
+    modes.py        scripts/label.py's modes over a configs/label.py config
 """
