@@ -8,6 +8,8 @@ setup(
     description="The whole language-model training pipeline in one small JAX package.",
     python_requires=">=3.11",
     packages=find_packages(include=["llm", "llm.*", "configs"]),
+    # The labelling page is three static files read through importlib.resources.
+    package_data={"llm.label.static": ["*.html", "*.js", "*.css"]},
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",

@@ -16,6 +16,6 @@ def test_demo_runs_every_stage(tmp_path):
         timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = proc.stdout[proc.stdout.index("| stage |"):]
-    for stage in ("data", "pretrain", "sample", "sft"):
+    for stage in ("data", "pretrain", "sample", "sft", "label"):
         assert f"| {stage} |" in table
     assert "answer accuracy" in table and (tmp_path / "curves.png").exists()

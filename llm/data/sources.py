@@ -4,9 +4,11 @@ A text file is one document (line 1); a JSONL line or a Parquet row is one recor
 line or row number). `.gz` and `.zst` compression is undone on the fly. A record's
 *kind* is decided by its fields: `text` (the configured text field), `chat` (`messages`),
 `preference` (`prompt`/`chosen`/`rejected`) or `prompt` (`prompt`, optional `answer`).
-Bad input (malformed JSON, missing or mistyped fields, bytes or escapes that are not valid
-UTF-8) raises `DataError` naming file and line, or, with `skip_bad=True`, is counted in
-`ReadStats` by reason and skipped. Nothing is ever written to an input.
+A labelled preference row whose `outcome` is `tie` or `skip` (no pair decided; see
+`llm/label/store.py`) is counted in `ReadStats` as `preference_tie` / `preference_skip` and
+not yielded. Bad input (malformed JSON, missing or mistyped fields, bytes or escapes that
+are not valid UTF-8) raises `DataError` naming file and line, or, with `skip_bad=True`, is
+counted in `ReadStats` by reason and skipped. Nothing is ever written to an input.
 
 Shards of one file: an uncompressed JSONL file is cut into byte ranges, each shard reading
 only the lines that start in its own range (a cheap newline count per range, the
@@ -36,6 +38,8 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 COMPRESSED = (".gz", ".zst")
 KINDS = ("text", "chat", "preference", "prompt")
+# Labelled preference rows that decide no pair (llm/label writes them): counted, never paired.
+UNPAIRED_OUTCOMES = ("tie", "skip")
 ROLES = ("system", "user", "assistant")
 
 
@@ -321,6 +325,9 @@ def read_records(path: pathlib.Path, text_field: str = "text", skip_bad: bool = 
 
 
 def _record(src, lineno, fields, text_field, skip_bad, stats) -> Iterator[Record]:
+    if fields.get("outcome") in UNPAIRED_OUTCOMES:
+        stats.add(f"preference_{fields['outcome']}", src, lineno)
+        return
     try:
         kind, fields = _parse(fields, text_field)
     except _Bad as bad:

@@ -12,14 +12,9 @@ prompt: easy difficulties have few distinct questions (200 at difficulty 1), so 
 repeat often and n-gram decontamination cannot see a five-word prompt.
 
 `check_arithmetic_answer(completion, answer)` is the exact-answer verifier used by the demo
-and RL rewards. `register` adds generators.
-
-`from_model(complete, rows, out_dir, ...)` is the hook for data written by the project's own
-model: it asks a completion function (e.g. `llm.sampling.sampler.row_completer(sampler)`)
-for several completions per prompt, checks each with a verifier, and writes
-rejection-sampled SFT rows (verified completions) and preference pairs (a verified
-completion over a failed one) in the same formats as above. Taking a function keeps this
-package free of imports from the model and sampling code above it.
+and RL rewards. `register` adds generators. Data written by the project's own model
+(verified preference pairs, rejection-sampled SFT rows) comes from `scripts/label.py`'s
+`sample` and `verifier` modes (`llm/label/`).
 """
 
 from __future__ import annotations
@@ -28,8 +23,7 @@ import json
 import pathlib
 import random
 import re
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Container, Iterator
 
 from llm.data import DataError
 
@@ -137,56 +131,4 @@ def arithmetic(out: pathlib.Path, n: int, difficulty: int, seed: int, heldout: i
     finally:
         for f in files.values():
             f.close()
-    return paths
-
-
-# requests (chat rows {"messages": [...]}) and a seed → one completion text per request.
-CompleteFn = Callable[[list[dict], int], list[str]]
-
-
-def from_model(complete: CompleteFn, rows: Sequence[Mapping[str, Any]], out_dir: Any, *,
-               samples_per_prompt: int = 4,
-               verifier: Callable[[str, Any], bool] = check_arithmetic_answer,
-               seed: int = 0) -> dict[str, pathlib.Path]:
-    """Sample, verify and write `samples`, `sft` and `preference` JSONL files from a model.
-
-    `rows` hold a `prompt` (asked as one user turn) and the `answer` the verifier checks
-    against (the RL prompt format). `complete(requests, seed)` returns one completion per
-    request; sample k of every prompt is asked with seed `seed + k * len(rows)`.
-    """
-    if samples_per_prompt < 1:
-        raise DataError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
-    requests = []
-    for n, row in enumerate(rows):
-        if "prompt" not in row or "answer" not in row:
-            raise DataError(f"row {n + 1}: expected 'prompt' and 'answer', got {sorted(row)}")
-        requests.append({"messages": [{"role": "user", "content": str(row["prompt"])}]})
-    samples = [[] for _ in rows]  # per prompt: (completion, correct)
-    for k in range(samples_per_prompt):
-        texts = complete(requests, seed + k * len(rows))
-        if len(texts) != len(requests):
-            raise DataError(f"the completion function returned {len(texts)} completions for "
-                            f"{len(requests)} requests")
-        for i, text in enumerate(texts):
-            samples[i].append((text, bool(verifier(text, rows[i]["answer"]))))
-
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / f"{k}.jsonl" for k in ("samples", "sft", "preference")}
-    with open(paths["samples"], "w") as f_all, open(paths["sft"], "w") as f_sft, \
-            open(paths["preference"], "w") as f_pref:
-        for row, found in zip(rows, samples, strict=True):
-            prompt = str(row["prompt"])
-            for text, correct in found:
-                f_all.write(json.dumps({"prompt": prompt, "answer": row["answer"],
-                                        "completion": text, "correct": correct}) + "\n")
-            right = list(dict.fromkeys(t for t, ok in found if ok))
-            wrong = list(dict.fromkeys(t for t, ok in found if not ok))
-            for text in right:
-                f_sft.write(json.dumps({"messages": [
-                    {"role": "user", "content": prompt},
-                    {"role": "assistant", "content": text}]}) + "\n")
-            for chosen, rejected in zip(right, wrong, strict=False):
-                f_pref.write(json.dumps({"prompt": prompt, "chosen": chosen,
-                                         "rejected": rejected}) + "\n")
     return paths

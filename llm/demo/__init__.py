@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from llm.demo import data, pretrain, sample, sft
+from llm.demo import data, label, pretrain, sample, sft
 
 STAGES: dict[str, ModuleType] = {stage.NAME: stage for stage in (
     data,
     pretrain,
     sample,
     sft,
+    label,
 )}

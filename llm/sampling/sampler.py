@@ -326,15 +326,6 @@ def complete_rows(sampler: Sampler, rows: Sequence[Mapping[str, Any]], *, batch_
     return out
 
 
-def row_completer(sampler: Sampler, *, batch_size: int = 8, **controls: Any
-                  ) -> Callable[[list[dict], int], list[str]]:
-    """`complete(requests, seed) -> texts` over `complete_rows`, e.g. for `synthetic.from_model`."""
-    def complete(requests: list[dict], seed: int) -> list[str]:
-        done = complete_rows(sampler, requests, batch_size=batch_size, seed=seed, **controls)
-        return [row["completion"] for row in done]
-    return complete
-
-
 def chat_sampler(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, **kwargs: Any
                  ) -> tuple[Sampler, list[int]]:
     """A Sampler using the tokenizer's chat template, and the ids that end a turn."""

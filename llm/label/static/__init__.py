@@ -1,0 +1,1 @@
+"""The ranking page's static files (HTML, CSS, plain JavaScript), read as package data."""
