@@ -26,9 +26,11 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from bench_data import _N, _WORKERS, corpus  # noqa: E402  (its --num_docs and --workers)
 
-_PEER_DOCS = flags.DEFINE_integer("peer_docs", 1000, "documents datatrove's filters see")
+_PEER_DOCS = flags.DEFINE_integer("peer_docs", 1000, "documents datatrove's filters see",
+                                  lower_bound=1)
 _AB = flags.DEFINE_string("ab_tree", "", "an older checkout to A/B the `:code` pipeline with")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "A/B rounds (each runs both trees once)")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "A/B rounds (each runs both trees once)",
+                               lower_bound=1)
 
 STOP = ("the", "be", "to", "of", "and", "that", "have", "with")
 

@@ -39,19 +39,19 @@ _WORD = re.compile(
     rf"(?={_TAIL}|{_INFIX}|{_CONTRACTION})"
     rf"|[{_EDGE}.]")
 _SPLIT_OFF = frozenset(_EDGE.replace("\\", "") + ".")
-_PUNCTUATION = re.compile(r"[^\w\s]|_")
 _PARAGRAPH = re.compile(r"\n{2,}")
-_LINES = re.compile(r"\n+")
 
 
 def split_words(text: str) -> list[str]:
     """The words of `text` (module docstring): a word-only chunk is taken whole, fast."""
-    if _PUNCTUATION.search(text) is None:  # letters, digits and spaces only
-        return text.split()
+    chunks = text.split()
+    plain = list(map(str.isalnum, chunks))  # in C: most chunks of prose are words alone
+    if all(plain):
+        return chunks
     out: list[str] = []
     find = _WORD.findall
-    for chunk in text.split():
-        if chunk.isalnum():
+    for chunk, alnum in zip(chunks, plain, strict=True):
+        if alnum:
             out.append(chunk)
         elif chunk[:-1].isalnum() and chunk[-1] in _SPLIT_OFF:  # `word,` `word.`
             out += (chunk[:-1], chunk[-1])
@@ -97,7 +97,7 @@ class Doc:
     @cached_property
     def line_runs(self) -> list[str]:
         """The runs between newlines, no empty ones (repetition filters)."""
-        return _LINES.split(self.text.strip("\n"))
+        return [ln for ln in self.text.split("\n") if ln]
 
     @cached_property
     def nonblank_lines(self) -> list[str]:
@@ -107,4 +107,5 @@ class Doc:
     @cached_property
     def paragraphs(self) -> list[str]:
         """Runs between blank lines (two or more newlines) of the stripped text."""
-        return _PARAGRAPH.split(self.text.strip())
+        text = self.text.strip()
+        return _PARAGRAPH.split(text) if "\n\n" in text else [text]
