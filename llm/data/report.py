@@ -6,8 +6,6 @@ import json
 import pathlib
 import sys
 
-from llm.data.loaders import META_FILE
-
 FORMAT = "llm-records-v1"
 
 
@@ -52,6 +50,10 @@ def _where(order: int, files: list[str]) -> dict:
 def write(out: pathlib.Path, c, scans: list, dedup_stats: dict, contaminated: list,
           dropped: dict, written: list, tok, dtype: str, manifest: dict, bad: dict) -> dict:
     """Write the three files (meta last, so its presence means 'finished'); print a summary."""
+    # here, not at the top: stages import removed_row in every worker, and loaders pulls in
+    # JAX (seconds per spawned process)
+    from llm.data.loaders import META_FILE
+
     files = [i["path"] for i in manifest["inputs"]]
     removed = [r for s in scans for r in s["removed"]]
     for o, (reason, kept) in sorted(dropped.items()):
