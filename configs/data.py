@@ -1,16 +1,89 @@
 """The data-preparation section, shared by scripts/prepare_data.py and every task (`config.data`).
 
-    python scripts/prepare_data.py --config=configs/data.py \
+    python scripts/prepare_data.py --config=configs/data.py:web \
         --config.inputs=corpus/,extra.jsonl --config.output_dir=/tmp/prepared
+
+`:code` (the default) keeps the loose filters for source code, `:web` applies Gopher's and
+C4's published filters, `:fineweb` adds FineWeb's (filters_section).
 
 Every key is declared here once; code reads `config.<key>` directly, never `.get(k, default)`.
 """
 
 import ml_collections
 
+PRESETS = ("code", "web", "fineweb")
+_GOPHER_QUALITY = ("min_words,max_words,mean_word_length,hash_ratio,ellipsis_ratio,bullet_lines,"
+                   "ellipsis_lines,alpha_words,stop_words")
+_GOPHER_REPETITION = ("duplicate_paragraphs,duplicate_paragraph_chars,duplicate_lines,"
+                      "duplicate_line_chars,top_2gram,top_3gram,top_4gram," +
+                      ",".join(f"duplicate_{n}gram" for n in range(5, 11)))
+_C4 = ("line_long_word,line_punct,line_words,line_javascript,line_policy,lorem_ipsum,"
+       "curly_bracket,min_sentences,bad_words")
+_FINEWEB = "punct_lines,short_lines,line_char_duplicates,list_like"
 
-def data_section() -> ml_collections.ConfigDict:
-    """The `data` section: inputs, executor, clean/dedup/decontaminate/split/tokenizer/mixture."""
+
+def filters_section(preset: str = "code") -> ml_collections.ConfigDict:
+    """`clean.filters`: every threshold, and which filters a preset turns on (llm/data/clean.py).
+
+    code (the default): loose Gopher-style limits for source code, the demo's corpus.
+    web: Gopher quality + repetition and C4, at their published thresholds.
+    fineweb: web plus FineWeb's filters, with C4's per-line punctuation rule off (as FineWeb).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"configs/data.py: unknown preset {preset!r}; expected one of "
+                         f"{', '.join(PRESETS)}")
+    f = ml_collections.ConfigDict()
+    # Gopher quality (Rae et al. 2021, A1.1); the published thresholds:
+    f.min_words, f.max_words = 50, 100_000  # content words
+    f.min_mean_word_length, f.max_mean_word_length = 3.0, 10.0
+    f.max_hash_ratio = 0.1  # '#' per word
+    f.max_ellipsis_ratio = 0.1  # '...' per word
+    f.max_bullet_line_fraction = 0.9
+    f.max_ellipsis_line_fraction = 0.3
+    f.min_alpha_word_fraction = 0.8
+    f.min_stop_words = 2
+    f.stop_words = "the,be,to,of,and,that,have,with"
+    f.max_digit_ratio = 0.5  # ours: digits per character
+    # Gopher repetition (table A1)
+    f.max_duplicate_line_fraction = 0.3
+    f.max_duplicate_paragraph_fraction = 0.3
+    f.max_duplicate_line_char_fraction = 0.2
+    f.max_duplicate_paragraph_char_fraction = 0.2
+    f.max_top_2gram_fraction, f.max_top_3gram_fraction, f.max_top_4gram_fraction = \
+        0.20, 0.18, 0.16
+    for n, limit in zip(range(5, 11), (0.15, 0.14, 0.13, 0.12, 0.11, 0.10), strict=True):
+        f[f"max_duplicate_{n}gram_fraction"] = limit
+    # C4 (Raffel et al. 2020); the bad-words list is the user's own file, none is shipped
+    f.max_word_length = 1000  # a line with a longer word goes
+    f.min_line_words = 3
+    f.min_sentences = 5
+    f.bad_words_file = ""  # one word or phrase per line; '' = no bad-words filter
+    # FineWeb (Penedo et al. 2024)
+    f.min_punct_line_fraction = 0.12
+    f.max_short_line_fraction, f.short_line_length = 0.67, 30
+    f.max_line_char_duplicates = 0.01
+    f.max_newlines_per_word = 0.3
+    if preset == "web":
+        f.enabled = ",".join((_GOPHER_QUALITY, _GOPHER_REPETITION, _C4))
+    elif preset == "fineweb":
+        f.enabled = ",".join((_GOPHER_QUALITY, _GOPHER_REPETITION,
+                              _C4.replace("line_punct,", ""), _FINEWEB))
+    else:  # code: wider words, repeated lines and '#' comments are normal in source
+        f.min_words, f.max_words = 5, 200_000
+        f.min_mean_word_length, f.max_mean_word_length = 2.0, 12.0
+        f.max_hash_ratio = f.max_ellipsis_ratio = 0.3
+        f.max_duplicate_line_char_fraction = 0.5
+        f.max_duplicate_paragraph_char_fraction = 0.5
+        f.max_duplicate_5gram_fraction = 0.6
+        f.enabled = ("min_words,max_words,mean_word_length,hash_ratio,ellipsis_ratio,"
+                     "digit_ratio,bullet_lines,ellipsis_lines,duplicate_line_chars,"
+                     "duplicate_paragraph_chars,top_2gram,duplicate_5gram")
+    return f
+
+
+def data_section(preset: str = "code") -> ml_collections.ConfigDict:
+    """The `data` section: inputs, executor, clean/dedup/decontaminate/split/tokenizer/mixture;
+    `preset` picks the quality filters (filters_section)."""
     c = ml_collections.ConfigDict()
     # Raw inputs or an already prepared directory (training configs set this one).
     c.path = ""
@@ -30,23 +103,7 @@ def data_section() -> ml_collections.ConfigDict:
     c.clean.normalization = "NFC"
     c.clean.strip_control = True
     c.clean.normalize_whitespace = True  # trailing spaces, >2 blank lines, CRLF
-    c.clean.filters = ml_collections.ConfigDict()
-    f = c.clean.filters
-    f.min_words, f.max_words = 5, 200_000  # Gopher: 50..100k; our demo docs are short
-    f.min_mean_word_length, f.max_mean_word_length = 2.0, 12.0  # Gopher: 3..10 (code is wider)
-    f.max_symbol_ratio = 0.3  # '#' and '...' per word (Gopher 0.1; code uses '#')
-    f.max_digit_ratio = 0.5  # digits per character
-    f.min_alpha_word_fraction = 0.0  # Gopher: 0.8 of words with a letter (off: code)
-    f.min_punct_line_fraction = 0.0  # C4: lines ending in terminal punctuation (off: code)
-    f.max_bullet_line_fraction = 0.9  # Gopher
-    f.max_ellipsis_line_fraction = 0.3  # Gopher
-    f.max_duplicate_line_fraction = 0.5  # Gopher 0.3 (code repeats lines more)
-    f.max_duplicate_paragraph_fraction = 0.5  # Gopher 0.3
-    f.max_top_2gram_fraction = 0.2  # Gopher
-    f.max_duplicate_5gram_fraction = 0.6  # Gopher 0.15 (loose for code)
-    f.enabled = "min_words,max_words,mean_word_length,symbol_ratio,digit_ratio,alpha_words," \
-        "punct_lines,bullet_lines,ellipsis_lines,duplicate_lines,duplicate_paragraphs," \
-        "top_2gram,duplicate_5gram"
+    c.clean.filters = filters_section(preset)
 
     c.dedup = ml_collections.ConfigDict()
     c.dedup.exact = True
@@ -87,7 +144,11 @@ def data_section() -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(arg=None) -> ml_collections.ConfigDict:
-    """The data section as a whole config, for scripts/prepare_data.py."""
-    del arg
-    return data_section()
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The data section as a whole config, for scripts/prepare_data.py; `arg` is a preset
+    (`configs/data.py:web`), `code` when not given."""
+    names = [a.strip() for a in (arg or "").split(",") if a.strip()]
+    if len(names) > 1 or (names and names[0] not in PRESETS):
+        raise ValueError(f"configs/data.py: unknown variant {arg!r}; expected one preset of "
+                         f"{', '.join(PRESETS)}")
+    return data_section(names[0] if names else "code")

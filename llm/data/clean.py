@@ -1,35 +1,34 @@
-"""Text normalisation and Gopher/C4-style quality filters.
+"""Text normalisation and the quality filters (Gopher, C4, FineWeb) of pretraining text.
 
 `normalize` repairs mojibake with ftfy when it is installed (it undoes double-encoded UTF-8
 and similar damage far better than any rule we would write), applies Unicode
 normalisation, drops control characters (keeping tab and newline) and tidies whitespace.
-`quality_problem` returns the name of the first failing filter (`None` if the document
-passes); every filter is switchable and its threshold lives in `config.clean.filters`.
+`clean_text` runs the enabled filters in a fixed order: Gopher's quality and repetition
+filters on the document (gopher.py; words as words.py defines them), then C4's line
+rewriting (c4.py), then the bad-words list and FineWeb's filters on the rewritten text. It
+returns the text and the first failing filter with its value and threshold. Every filter
+is switchable (`clean.filters.enabled`) and its thresholds live in `config.clean.filters`
+(configs/data.py: presets `code`, `web`, `fineweb`). Only plain text records are cleaned:
+chat, preference and prompt rows never are.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
-from collections import Counter
 
-from llm.data import DataError
+from llm.data import DataError, c4, gopher
+from llm.data.words import Doc
 
 try:
     import ftfy
 except ImportError:  # optional: the `data` extra installs it
     ftfy = None
 
-FILTERS = ("min_words", "max_words", "mean_word_length", "symbol_ratio", "digit_ratio",
-           "alpha_words", "punct_lines", "bullet_lines", "ellipsis_lines", "duplicate_lines",
-           "duplicate_paragraphs", "top_2gram", "duplicate_5gram")
-
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _TRAILING = re.compile(r"[ \t]+\n")
 _BLANKS = re.compile(r"\n{4,}")
-_WORD = re.compile(r"\S+")
-_BULLET = re.compile(r"^\s*[-*\u2022\u2023\u25e6\u2043\u2219]\s")
-_TERMINAL = (".", "!", "?", '"', "'", ":", ")", "]", "}", ";")
 
 
 def normalize(text: str, cfg) -> str:
@@ -48,105 +47,103 @@ def normalize(text: str, cfg) -> str:
     return text
 
 
-def _duplicate_fraction(items: list[str], total_chars: int) -> float:
-    """Characters in repeated copies of items, over all characters (Gopher)."""
-    if not items or total_chars == 0:
-        return 0.0
-    seen: set[str] = set()
-    dup = 0
-    for item in items:
-        if item in seen:
-            dup += len(item)
-        seen.add(item)
-    return dup / total_chars
+Problem = tuple[str, float, float]  # (filter, the document's value, the threshold it crossed)
 
 
-def _ngram_stats(words: list[str], n: int, total: int) -> tuple[float, float]:
-    """(top n-gram char fraction, duplicate n-gram char fraction) for word n-grams.
+def _on(stat):
+    """A statistic of the document alone, called as stat(doc, filters)."""
+    return lambda doc, f: stat(doc)
 
-    `total` is the words' character count. N-grams are tuples (hashed in C), not joined
-    strings; the top one's length counts the n - 1 spaces a joined string would have.
+
+# Document filters in the order they run: (name, statistic, key of the lowest allowed value,
+# key of the highest); C4's line rewriting runs between the Gopher and the FineWeb groups.
+_GOPHER: tuple = (
+    ("min_words", _on(gopher.n_words), "min_words", None),
+    ("max_words", _on(gopher.n_words), None, "max_words"),
+    ("mean_word_length", _on(gopher.mean_word_length), "min_mean_word_length",
+     "max_mean_word_length"),
+    ("hash_ratio", _on(gopher.hash_ratio), None, "max_hash_ratio"),
+    ("ellipsis_ratio", _on(gopher.ellipsis_ratio), None, "max_ellipsis_ratio"),
+    ("bullet_lines", _on(gopher.bullet_lines), None, "max_bullet_line_fraction"),
+    ("ellipsis_lines", _on(gopher.ellipsis_lines), None, "max_ellipsis_line_fraction"),
+    ("alpha_words", _on(gopher.alpha_words), "min_alpha_word_fraction", None),
+    ("stop_words", lambda d, f: gopher.stop_words(d, _vocabulary(f.stop_words)),
+     "min_stop_words", None),
+    ("digit_ratio", _on(gopher.digit_ratio), None, "max_digit_ratio"),
+    ("duplicate_paragraphs", _on(gopher.duplicate_paragraphs), None,
+     "max_duplicate_paragraph_fraction"),
+    ("duplicate_paragraph_chars", _on(gopher.duplicate_paragraph_chars), None,
+     "max_duplicate_paragraph_char_fraction"),
+    ("duplicate_lines", _on(gopher.duplicate_lines), None, "max_duplicate_line_fraction"),
+    ("duplicate_line_chars", _on(gopher.duplicate_line_chars), None,
+     "max_duplicate_line_char_fraction"),
+    *((f"top_{n}gram", _on(functools.partial(gopher.top_ngram, n=n)), None,
+       f"max_top_{n}gram_fraction") for n in (2, 3, 4)),
+    *((f"duplicate_{n}gram", _on(functools.partial(gopher.duplicate_ngram, n=n)), None,
+       f"max_duplicate_{n}gram_fraction") for n in range(5, 11)),
+)
+_AFTER_LINES: tuple = (
+    ("bad_words", lambda d, f: c4.bad_words(d, f.bad_words_file), None, None),
+    ("punct_lines", _on(c4.punct_lines), "min_punct_line_fraction", None),
+    ("short_lines", lambda d, f: c4.short_lines(d, f.short_line_length), None,
+     "max_short_line_fraction"),
+    ("line_char_duplicates", _on(c4.line_char_duplicates), None, "max_line_char_duplicates"),
+    ("list_like", _on(c4.list_like), None, "max_newlines_per_word"),
+)
+FILTERS = tuple(r[0] for r in _GOPHER) + c4.LINE_FILTERS + c4.DOC_FILTERS + \
+    tuple(r[0] for r in _AFTER_LINES)
+_C4 = frozenset(c4.LINE_FILTERS + c4.DOC_FILTERS)
+
+
+@functools.lru_cache(maxsize=16)
+def enabled_filters(enabled: str) -> frozenset:
+    """The names in a comma-separated `clean.filters.enabled`."""
+    return frozenset(name.strip() for name in enabled.split(",") if name.strip())
+
+
+@functools.lru_cache(maxsize=16)
+def _vocabulary(words: str) -> frozenset:
+    return frozenset(w.strip() for w in words.split(",") if w.strip())
+
+
+def _first_problem(rules: tuple, doc: Doc, f, enabled: frozenset) -> Problem | None:
+    """The first enabled rule `doc` fails, with its value and the bound it crossed."""
+    for name, stat, lo, hi in rules:
+        if name not in enabled:
+            continue
+        if lo is None and hi is None:  # a yes/no rule (bad words)
+            if f.bad_words_file and stat(doc, f):
+                return name, 1.0, 0.0
+            continue
+        value = float(stat(doc, f))
+        if lo is not None and value < f[lo]:
+            return name, value, float(f[lo])
+        if hi is not None and value > f[hi]:
+            return name, value, float(f[hi])
+    return None
+
+
+def clean_text(text: str, f, lines_dropped: dict | None = None) -> tuple[str, Problem | None]:
+    """(text after C4's line rewriting, the first failing filter or None); f = clean.filters.
+
+    Lines C4 removes are counted into `lines_dropped` by filter name.
     """
-    if len(words) < n:
-        return 0.0, 0.0
-    grams = list(zip(*(words[k:len(words) - n + 1 + k] for k in range(n)), strict=True))
-    counts = Counter(grams)
-    top_count = max(counts.values())
-    if top_count == 1:  # no n-gram repeats: nothing is duplicated
-        return 0.0, 0.0
-    top = next(g for g, c in counts.items() if c == top_count)  # as most_common(1) picks
-    total = total or 1
-    top_frac = (sum(map(len, top)) + n - 1) * top_count / total
-    covered = bytearray(len(words))
-    for i in [i for i, g in enumerate(grams) if counts[g] > 1]:
-        covered[i:i + n] = b"\x01" * n
-    dup_chars = sum(len(w) for w, c in zip(words, covered, strict=True) if c)
-    return top_frac, dup_chars / total
-
-
-def _digits(text: str) -> int:
-    """How many characters of text are digits (str.isdigit)."""
-    if text.isascii():
-        return sum(text.count(d) for d in "0123456789")
-    return sum(map(str.isdigit, text))
+    enabled = enabled_filters(f.enabled)
+    problem = _first_problem(_GOPHER, Doc(text), f, enabled)
+    if problem is not None:
+        return text, problem
+    if enabled & _C4:
+        text, problem = c4.clean_lines(text, f, enabled,
+                                       {} if lines_dropped is None else lines_dropped)
+        if problem is not None:
+            return text, problem
+    return text, _first_problem(_AFTER_LINES, Doc(text), f, enabled)
 
 
 def quality_problem(text: str, f) -> str | None:
     """Name of the first failing quality filter for `text`, or None (f = config.filters)."""
-    enabled = {name.strip() for name in f.enabled.split(",") if name.strip()}
-    words = _WORD.findall(text)
-    n = len(words)
-    if "min_words" in enabled and n < f.min_words:
-        return "min_words"
-    if "max_words" in enabled and n > f.max_words:
-        return "max_words"
-    if n == 0:
-        return None
-    chars = sum(map(len, words))
-    if "mean_word_length" in enabled:
-        mean = chars / n
-        if not f.min_mean_word_length <= mean <= f.max_mean_word_length:
-            return "mean_word_length"
-    if "symbol_ratio" in enabled:
-        symbols = text.count("#") + text.count("...") + text.count("\u2026")
-        if symbols / n > f.max_symbol_ratio:
-            return "symbol_ratio"
-    if "digit_ratio" in enabled and _digits(text) / len(text) > f.max_digit_ratio:
-        return "digit_ratio"
-    if "alpha_words" in enabled and f.min_alpha_word_fraction > 0:
-        alpha = sum(any(c.isalpha() for c in w) for w in words) / n
-        if alpha < f.min_alpha_word_fraction:
-            return "alpha_words"
-    lines = [ln for ln in text.split("\n") if ln.strip()]
-    if lines:
-        if "punct_lines" in enabled and f.min_punct_line_fraction > 0:
-            ends = sum(ln.rstrip().endswith(_TERMINAL) for ln in lines) / len(lines)
-            if ends < f.min_punct_line_fraction:
-                return "punct_lines"
-        if "bullet_lines" in enabled and \
-                sum(bool(_BULLET.match(ln)) for ln in lines) / len(lines) > \
-                f.max_bullet_line_fraction:
-            return "bullet_lines"
-        if "ellipsis_lines" in enabled and sum(ln.rstrip().endswith(("...", "\u2026"))
-                                                for ln in lines) / len(lines) > \
-                f.max_ellipsis_line_fraction:
-            return "ellipsis_lines"
-        if "duplicate_lines" in enabled and _duplicate_fraction(lines, len(text)) > \
-                f.max_duplicate_line_fraction:
-            return "duplicate_lines"
-    if "duplicate_paragraphs" in enabled:
-        paras = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
-        if _duplicate_fraction(paras, len(text)) > f.max_duplicate_paragraph_fraction:
-            return "duplicate_paragraphs"
-    if "top_2gram" in enabled or "duplicate_5gram" in enabled:
-        top2, _ = _ngram_stats(words, 2, chars) if "top_2gram" in enabled else (0.0, 0.0)
-        if top2 > f.max_top_2gram_fraction:
-            return "top_2gram"
-        _, dup5 = (_ngram_stats(words, 5, chars) if "duplicate_5gram" in enabled
-                   else (0.0, 0.0))
-        if dup5 > f.max_duplicate_5gram_fraction:
-            return "duplicate_5gram"
-    return None
+    problem = clean_text(text, f)[1]
+    return None if problem is None else problem[0]
 
 
 NORMALIZATIONS = ("NFC", "NFD", "NFKC", "NFKD")
@@ -157,7 +154,21 @@ def check_config(c) -> None:
     if c.normalization and c.normalization not in NORMALIZATIONS:
         raise DataError(f"clean.normalization must be one of {', '.join(NORMALIZATIONS)} or '' "
                         f"(none), got {c.normalization!r}")
-    check_filter_names(c.filters.enabled)
+    f = c.filters
+    check_filter_names(f.enabled)
+    for key, value in f.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise DataError(f"clean.filters.{key} must be >= 0, got {value}")
+    enabled = enabled_filters(f.enabled)
+    if "stop_words" in enabled and not _vocabulary(f.stop_words):
+        raise DataError("clean.filters.stop_words is empty but the stop_words filter is on; "
+                        "give comma-separated words or drop stop_words from "
+                        "clean.filters.enabled")
+    if f.bad_words_file:
+        if "bad_words" not in enabled:
+            raise DataError("clean.filters.bad_words_file is set but the bad_words filter is "
+                            "not in clean.filters.enabled")
+        c4.bad_words_pattern(f.bad_words_file)  # unreadable or empty: a DataError now
 
 
 def check_filter_names(enabled: str) -> None:
@@ -167,4 +178,4 @@ def check_filter_names(enabled: str) -> None:
             from difflib import get_close_matches
 
             raise DataError(f"unknown filter {name!r} in clean.filters.enabled; close: "
-                             f"{get_close_matches(name, FILTERS)}; all: {FILTERS}")
+                            f"{get_close_matches(name, FILTERS)}; all: {', '.join(FILTERS)}")

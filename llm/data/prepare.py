@@ -5,7 +5,8 @@
       tokenizer/                       trained here, or copied from data.tokenizer.path
       meta.json                        tokenizer, dtype, counts per split and stream, source hashes
       report.json                      documents/tokens in and out of every stage, drops per filter
-      removed.jsonl                    one row per dropped document, with the reason
+      removed.jsonl                    one row per dropped document: source, line, stage, filter,
+                                       value, threshold (dedup: duplicate_of)
       manifest.json                    settings + hashes of the inputs, eval files and given
                                        tokenizer: a rerun with the same ones reuses finished
                                        stages; a finished dataset made from others is replaced
@@ -90,6 +91,9 @@ def _manifest(cfg: ml_collections.ConfigDict, files: list[pathlib.Path]) -> dict
     if cfg.decontaminate.eval_files:
         manifest["eval_files"] = _hashes(list_input_files(cfg.decontaminate.eval_files,
                                                           "decontaminate.eval_files"))
+    if cfg.clean.filters.bad_words_file:
+        manifest["bad_words_file"] = _hashes(
+            [pathlib.Path(cfg.clean.filters.bad_words_file).expanduser()])
     if cfg.tokenizer.path:
         manifest["tokenizer_files"] = _hashes(Tokenizer.files(cfg.tokenizer.path))
     return manifest

@@ -6,8 +6,6 @@ import json
 import pathlib
 import sys
 
-from llm.data.loaders import META_FILE
-
 FORMAT = "llm-records-v1"
 
 
@@ -22,6 +20,28 @@ def removed_row(source: str, line: int, stage: str, filter: str, value=None, thr
             "threshold": threshold, **extra}
 
 
+def removed_counts(rows: list[dict]) -> dict:
+    """{stage: {filter: documents}} over removed.jsonl rows (rows kept=True only flag)."""
+    out: dict = {}
+    for row in rows:
+        if not row.get("kept"):
+            by_filter = out.setdefault(row["stage"], {})
+            by_filter[row["filter"]] = by_filter.get(row["filter"], 0) + 1
+    return out
+
+
+def _dropped_row(c, order: int, reason: str, kept_order: int | None, files: list[str],
+                 **extra) -> dict:
+    """The removed.jsonl row of a document dedup or decontamination dropped (or flagged)."""
+    where = _where(order, files)
+    if reason == "contamination":
+        return removed_row(where["source"], where["line"], "decontaminate", reason,
+                           threshold=c.decontaminate.ngram, **extra)
+    threshold = c.dedup.threshold if reason == "near_duplicate" else None
+    return removed_row(where["source"], where["line"], "dedup", reason, threshold=threshold,
+                       duplicate_of=_where(kept_order, files), **extra)
+
+
 def _where(order: int, files: list[str]) -> dict:
     """{'source', 'line'} of a global order key (file index << 32 | line)."""
     return {"source": files[order >> 32], "line": order & 0xFFFFFFFF}
@@ -30,15 +50,16 @@ def _where(order: int, files: list[str]) -> dict:
 def write(out: pathlib.Path, c, scans: list, dedup_stats: dict, contaminated: list,
           dropped: dict, written: list, tok, dtype: str, manifest: dict, bad: dict) -> dict:
     """Write the three files (meta last, so its presence means 'finished'); print a summary."""
+    # here, not at the top: stages import removed_row in every worker, and loaders pulls in
+    # JAX (seconds per spawned process)
+    from llm.data.loaders import META_FILE
+
     files = [i["path"] for i in manifest["inputs"]]
     removed = [r for s in scans for r in s["removed"]]
     for o, (reason, kept) in sorted(dropped.items()):
-        row = dict(_where(o, files), reason=reason)
-        if kept is not None:
-            row["duplicate_of"] = _where(kept, files)
-        removed.append(row)
-    if c.decontaminate.action == "report":
-        removed += [dict(_where(o, files), reason="contamination", kept=True)
+        removed.append(_dropped_row(c, o, reason, kept, files))
+    if c.decontaminate.action == "report":  # listed, not removed
+        removed += [_dropped_row(c, o, "contamination", None, files, kept=True)
                     for o in contaminated]
     removed.sort(key=lambda r: (files.index(r["source"]), r["line"]))
     with open(out / "removed.jsonl", "w") as f:
@@ -78,7 +99,13 @@ def write(out: pathlib.Path, c, scans: list, dedup_stats: dict, contaminated: li
                            for s, st in splits.items()},
          "tokens_out": sum(v["tokens"] for st in splits.values() for v in st.values())},
     ]
-    report = {"stages": stages, "bad_records": bad, "dedup": dedup_stats, "splits": splits,
+    lines_removed: dict = {}
+    for s in scans:
+        for name, n in s["counts"]["lines_removed"].items():
+            lines_removed[name] = lines_removed.get(name, 0) + n
+    stages[1]["lines_removed"] = lines_removed  # C4's line rules: lines, not documents
+    report = {"stages": stages, "removed": removed_counts(removed), "bad_records": bad,
+              "dedup": dedup_stats, "splits": splits,
               "kinds": sorted({k for s in scans for k in s["kinds"]}),
               "tokenizer": {"requested_vocab_size": None if c.tokenizer.path
                             else c.tokenizer.vocab_size, "vocab_size": tok.vocab_size},

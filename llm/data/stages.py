@@ -2,8 +2,9 @@
 
 count_lines (per shard): newlines in each shard's byte range of every uncompressed JSONL,
   so the scan can number the lines of its own range without reading the others.
-scan (per shard): read → clean → filter → exact key, MinHash signature, split; spilled to
-  `_work/scan-<k>.jsonl` (documents) and `.npz` (order keys, exact keys, signatures).
+scan (per shard): read → clean → filter (text records only) → exact key, MinHash signature,
+  split; spilled to `_work/scan-<k>.jsonl` (documents) and `.npz` (order keys, exact keys,
+  signatures).
 dedup (global, over signatures and ids only): exact, then near duplicates.
 decontaminate (per shard, then global): n-grams of validation/test and eval files.
 tokenise (per shard): records for each split, with the mixture's repeats.
@@ -23,6 +24,7 @@ import numpy as np
 from llm.data import chat, clean, decontaminate, dedup, sources, split
 from llm.data.mixture import mixture_weights, repeats
 from llm.data.records import ShardWriter, shard_prefix
+from llm.data.report import removed_row
 from llm.data.tokenizer import Tokenizer
 
 WORK = "_work"
@@ -70,7 +72,7 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
     c = ml_collections.ConfigDict(cfg)
     work = pathlib.Path(out) / WORK
     stats = sources.ReadStats()
-    counts = {"documents": 0, "characters": 0, "kept": 0, "filters": {}}
+    counts = {"documents": 0, "characters": 0, "kept": 0, "filters": {}, "lines_removed": {}}
     orders, exact, sigs, kinds = [], [], [], set()
     removed = []
     batch: list[str] = []
@@ -89,12 +91,14 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
                 kinds.add(rec.kind)
                 if rec.kind == "text" and c.clean.enabled:
                     counts["characters"] += len(fields["text"])
-                    fields["text"] = clean.normalize(fields["text"], c.clean)
-                    problem = clean.quality_problem(fields["text"], c.clean.filters)
+                    fields["text"], problem = clean.clean_text(
+                        clean.normalize(fields["text"], c.clean), c.clean.filters,
+                        counts["lines_removed"])
                     if problem is not None:
-                        counts["filters"][problem] = counts["filters"].get(problem, 0) + 1
-                        removed.append({"source": rec.source, "line": rec.line,
-                                        "reason": f"filter:{problem}"})
+                        name, value, threshold = problem
+                        counts["filters"][name] = counts["filters"].get(name, 0) + 1
+                        removed.append(removed_row(rec.source, rec.line, "clean", name,
+                                                   round(value, 6), threshold))
                         continue
                 key = content_key(rec.kind, fields)
                 o = order_key(fi, rec.line)
@@ -111,8 +115,7 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
     if batch:
         sigs.append(_sign(batch, c))
     counts["kept"] = len(orders)
-    removed += [{"source": src, "line": line, "reason": f"bad_record:{reason}"}
-                for src, line, reason in stats.skipped]
+    removed += [removed_row(src, line, "read", reason) for src, line, reason in stats.skipped]
     np.savez(work / f"scan-{shard}.npz", order=np.asarray(orders, np.int64),
              exact=np.asarray(exact, dtype="U32"),
              sig=np.concatenate(sigs) if sigs else np.zeros((0, c.dedup.num_perm), np.uint32))

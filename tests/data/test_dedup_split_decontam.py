@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from configs.data import get_config
-from llm.data import DataError, clean, dedup, split
+from llm.data import DataError, clean, dedup, gopher, split
 from llm.data.executors import Executor
 from llm.data.prepare import prepare
+from llm.data.words import Doc
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -143,12 +144,13 @@ def test_shards_and_executors_agree(tmp_path):
     four = _removed(raw, tmp_path / "four", num_shards=4)
     pool = _removed(raw, tmp_path / "pool", num_shards=4, num_workers=2)
     assert one == four == pool
-    reasons = [r["reason"] for r in one]
+    assert {r["stage"] for r in one} == {"dedup"}
+    reasons = [r["filter"] for r in one]
     texts = [json.loads(x)["text"] for name in ("a.jsonl", "b.jsonl")
              for x in (raw / name).read_text().splitlines()]
     assert reasons.count("exact_duplicate") == len(texts) - len(set(texts))  # all, always
     assert reasons.count("near_duplicate") >= 5
-    exact = [r for r in one if r["reason"] == "exact_duplicate"]
+    exact = [r for r in one if r["filter"] == "exact_duplicate"]
     assert {"source": str(raw / "a.jsonl"), "line": 4} in [r["duplicate_of"] for r in exact]
 
 
@@ -208,7 +210,10 @@ def test_decontamination_removes_13gram_overlap(tmp_path):
     c.decontaminate.eval_files = str(tmp_path / "eval.jsonl")
     out = prepare(c)
     removed = [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
-    assert [(r["line"], r["reason"]) for r in removed] == [(1, "contamination")]
+    assert [(r["line"], r["stage"], r["filter"]) for r in removed] == [
+        (1, "decontaminate", "contamination")]
+    report = json.loads((out / "report.json").read_text())
+    assert report["removed"] == {"decontaminate": {"contamination": 1}}
 
 
 def test_quality_filters_each_fire():
@@ -217,15 +222,12 @@ def test_quality_filters_each_fire():
     assert clean.quality_problem("alpha beta gamma delta epsilon zeta eta theta.", f) is None
     assert clean.quality_problem("too short", f) == "min_words"
     assert clean.quality_problem("1234 5678 9123 4567 8912 3456", f) == "digit_ratio"
-    assert clean.quality_problem("#### alpha beta #### gamma # delta # eta", f) == "symbol_ratio"
-    assert clean.quality_problem("same line here\n" * 20, f) == "duplicate_lines"
+    assert clean.quality_problem("#### alpha beta #### gamma # delta # eta", f) == "hash_ratio"
+    assert clean.quality_problem("same line here\n" * 20, f) == "duplicate_line_chars"
     f.enabled = "min_words"
     assert clean.quality_problem("same line here\n" * 20, f) is None
     assert clean.quality_problem(good, get_config().clean.filters) in (None, "top_2gram")
-    words = "ab c ab c xyz ab".split()  # 11 chars; the 2-gram "ab c" twice covers 6
-    assert clean._ngram_stats(words, 2, 11) == (4 * 2 / 11, 6 / 11)
-    assert clean._ngram_stats(words, 5, 11) == (0.0, 0.0)
-    assert clean._digits("a1\u00b2\u0663 42") == 5  # str.isdigit, ASCII or not
+    assert gopher.digit_ratio(Doc("a1\u00b2\u0663 42")) == 5 / 7  # str.isdigit, ASCII or not
     cfg = get_config().clean
     assert clean.normalize("a\u0000b  \r\n\n\n\n\nc\u0301", cfg) == "ab\n\n\n\u0107\n"
     with pytest.raises(ValueError, match="unknown filter"):

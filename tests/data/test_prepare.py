@@ -136,8 +136,8 @@ def test_skip_bad_records_counts_them(tmp_path, shards):
     assert report["stages"][0]["documents_in"] == 6 + len(BAD_LINES)
     assert report["stages"][0]["documents_out"] == 6
     removed = [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
-    assert [(r["line"], r["reason"]) for r in removed] == [
-        (4 + i, f"bad_record:{reason}") for i, (_, reason) in enumerate(BAD_LINES)]
+    assert [(r["line"], r["stage"], r["filter"]) for r in removed] == [
+        (4 + i, "read", reason) for i, (_, reason) in enumerate(BAD_LINES)]
     assert json.loads((out / "meta.json").read_text())["splits"]["train"]["text"][
         "documents"] == 6
 
@@ -157,9 +157,10 @@ def test_skip_bad_records_in_text_and_parquet_files(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["bad_records"] == {"non_utf8": 2, "missing_field": 1}
     removed = [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
-    assert [(pathlib.Path(r["source"]).name, r["line"], r["reason"]) for r in removed] == [
-        ("latin.txt", 1, "bad_record:non_utf8"), ("rows.parquet", 2, "bad_record:non_utf8"),
-        ("rows.parquet", 3, "bad_record:missing_field")]
+    assert [(pathlib.Path(r["source"]).name, r["line"], r["stage"], r["filter"])
+            for r in removed] == [
+        ("latin.txt", 1, "read", "non_utf8"), ("rows.parquet", 2, "read", "non_utf8"),
+        ("rows.parquet", 3, "read", "missing_field")]
     assert report["stages"][0]["documents_out"] == 3
 
 
