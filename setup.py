@@ -29,8 +29,10 @@ setup(
         "test": ["pytest>=8", "ruff>=0.6"],
         # The peers the tests compare against, never imported by the package: TRL's losses
         # (reward, DPO, KTO, GRPO), lm-evaluation-harness's HF backend, datatrove's quality
-        # filters, and Playwright to drive the system's Chromium for the labelling page.
-        "peers": ["trl==1.16.*", "lm-eval==0.4.*", "datatrove==0.10.*", "playwright==1.65.*"],
+        # filters (with spaCy, its English word splitter), and Playwright to drive the
+        # system's Chromium for the labelling page.
+        "peers": ["trl==1.16.*", "lm-eval==0.4.*", "datatrove==0.10.*", "spacy==3.8.*",
+                  "playwright==1.65.*"],
         # torch>=2.4,<2.14 is met by the CPU build 2.13.0 kept on the dev machines; a bare
         # `torch` would pull the multi-GB CUDA build.
         "hf": ["torch>=2.4,<2.14", "transformers>=4.45", "tokenizers>=0.20"],
