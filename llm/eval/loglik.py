@@ -193,10 +193,20 @@ class Scorer:
 
 
 def rolling_windows(tokens: Sequence[int], prefix_id: int, max_len: int) -> list[Pair]:
-    """A text's tokens as disjoint windows that each predict up to `max_len` tokens from
-    the one token before them (the prefix id first): lm-eval's rolling log-likelihood."""
+    """A text's tokens as disjoint windows of up to `max_len` predicted tokens, as lm-eval's
+    rolling log-likelihood makes them: the first predicts from the prefix id; each later one
+    is conditioned on the tokens before it that still fit in `max_len` (one, for a full
+    window; more, for a short last window)."""
+    tokens = list(tokens)
     if not tokens:
         return []
-    full = [prefix_id, *tokens]
-    return [(full[start:start + 1], full[start + 1:start + 1 + max_len])
-            for start in range(0, len(tokens), max_len)]
+    first = min(max_len, len(tokens))
+    windows = [([prefix_id], tokens[:first])]
+    predicted = first
+    while predicted < len(tokens):
+        n = min(len(tokens) - predicted, max_len)
+        end = predicted + n
+        inputs = tokens[end - max_len - 1:end - 1]
+        windows.append((inputs[:len(inputs) - (n - 1)], tokens[end - n:end]))
+        predicted = end
+    return windows

@@ -24,6 +24,15 @@ from llm.eval import loglik, stats
 from llm.eval.task_files import EvalTask, TaskError, load_task
 
 
+def make_mesh(shape: dict[str, int]) -> jax.sharding.Mesh:
+    """A mesh of `shape` (-1: every remaining device) over the first devices it needs."""
+    from llm import sharding
+
+    sizes = [int(v) for v in shape.values()]
+    devices = jax.devices() if -1 in sizes else jax.devices()[:math.prod(sizes)]
+    return sharding.make_mesh(dict(shape), devices)
+
+
 class Progress:
     """A one-line console progress bar: 'task 120/400 (35.2 req/s, ETA 0m08s)'."""
 
