@@ -7,4 +7,6 @@
     runner.py    multiple choice, perplexity and generation tasks on a loaded model
     table.py     results → one markdown / CSV table, models by tasks
     lm_eval.py   the lm-evaluation-harness adapter (`python -m llm.eval.lm_eval`)
+    during_training.py  `eval.tasks` run by the training loop at each evaluation
+    shipped.py   regenerates the shipped arithmetic rows in `tasks/`
 """

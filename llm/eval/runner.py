@@ -87,8 +87,7 @@ class EvalModel:
 
     def encode(self, text: str) -> list[int]:
         """Text → ids with the BOS the model was trained with."""
-        return self.tokenizer.encode(text, add_bos=self.add_bos) if text or self.add_bos \
-            else self.tokenizer.encode(text)
+        return self.tokenizer.encode(text, add_bos=self.add_bos)
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]], label: str = "loglikelihood"
                       ) -> list[tuple[float, bool]]:
