@@ -194,3 +194,30 @@ def test_generation_scores_completions_with_the_verifier(tiny, tmp_path):
         assert metrics[f"pass@{k}_stderr"] == pytest.approx(math.sqrt(1 / 3) / 2)
     with pytest.raises(TaskError, match="need 'temperature' > 0"):
         read_task(write_task(tmp_path / "greedy.yaml", {**header, "temperature": 0}, rows))
+
+
+def test_shipped_rows_regenerate_byte_for_byte_and_every_shipped_task_loads(tmp_path):
+    from llm.eval import shipped
+    from llm.eval.task_files import known_tasks, shipped_dir
+
+    for path in shipped.write(tmp_path):
+        assert path.read_bytes() == (shipped_dir() / path.name).read_bytes(), path.name
+    names = known_tasks()
+    assert {"arithmetic_d1", "arithmetic_d2", "arithmetic_d3", "arithmetic_mc",
+            "stdlib_bpb"} <= set(names)
+    kinds = {name: load_task(name).kind for name in names if name != "stdlib_bpb"}
+    assert kinds["arithmetic_mc"] == "multiple_choice" and kinds["arithmetic_d3"] == \
+        "generation"
+
+
+def test_table_puts_models_in_rows_and_tasks_in_columns_with_stderr():
+    from llm.eval import table
+
+    results = [{"model": "a", "tasks": {"mc": {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.25,
+                                               "acc_norm_stderr": 0.05, "n": 4.0}}},
+               {"model": "b", "tasks": {"ppl": {"bits_per_byte": 1.5,
+                                                "bits_per_byte_stderr": 0.01}}}]
+    assert table.markdown(results).splitlines() == [
+        "| model | mc acc_norm | ppl bits_per_byte |", "|---|---|---|",
+        "| a | 0.2500 ± 0.0500 |  |", "| b |  | 1.5000 ± 0.0100 |"]
+    assert table.to_csv(results).splitlines()[1] == "a,0.25,0.05,,"

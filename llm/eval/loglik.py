@@ -89,7 +89,7 @@ def _score(graphdef: nnx.GraphDef, params: Any, context_CP: jax.Array,
     cfg = model.cfg
     C, P = context_CP.shape
     B, T = cont_BT.shape
-    cache = model_lib.init_cache(cfg, C, P + T, jnp.float32)
+    cache = model_lib.init_cache(cfg, C, P + T)  # the compute dtype, as decoding uses
     positions_CP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32)[None], (C, P))
     logits_CPV, cache = model(context_CP, positions_CP, cache=cache)
     last_CV = jnp.take_along_axis(logits_CPV, (context_len_C - 1)[:, None, None], 1)[:, 0]
