@@ -61,6 +61,22 @@ doc_to_target: "{{{{text}}}}"
 metric_list:
   - metric: word_perplexity
 """)
+    (path / "local_gen.yaml").write_text(f"""task: local_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {rows_file}
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{choices[label]}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+""")
     return path
 
 
@@ -85,7 +101,7 @@ def run(model, tasks_path):
     from lm_eval import evaluator
     from lm_eval.tasks import TaskManager
 
-    return evaluator.simple_evaluate(model=model, tasks=["local_mc", "local_ppl"],
+    return evaluator.simple_evaluate(model=model, tasks=["local_mc", "local_ppl", "local_gen"],
                                      task_manager=TaskManager(include_path=str(tasks_path)),
                                      log_samples=True, bootstrap_iters=0)
 
@@ -108,6 +124,9 @@ def test_adapter_matches_lm_evals_hf_backend_request_by_request(setup):
             ll_y = np.array([r[0][0] if isinstance(r[0], list | tuple) else r[0]
                              for r in y["resps"]], float)
             np.testing.assert_allclose(ll_x, ll_y, atol=1e-4, rtol=0)
+    # greedy text, request by request (a random model with spread logits: no near ties)
+    assert [x["resps"] for x in ours["samples"]["local_gen"]] == \
+        [y["resps"] for y in theirs["samples"]["local_gen"]]
     for metric in ("acc,none", "acc_norm,none"):
         assert ours["results"]["local_mc"][metric] == theirs["results"]["local_mc"][metric]
     np.testing.assert_allclose(ours["results"]["local_ppl"]["word_perplexity,none"],
