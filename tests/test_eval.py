@@ -133,6 +133,8 @@ def test_task_file_errors_name_the_file_line_and_field(tmp_path):
         read_task(write_task(tmp_path / "bad.yaml", mc, bad_rows))
     with pytest.raises(TaskError, match=r"rows.jsonl line 1: missing field 'question'"):
         read_task(write_task(tmp_path / "q.yaml", mc, [{"choices": ["x", "y"], "label": 0}]))
+    with pytest.raises(TaskError, match="typed.yaml: field 'fewshot' must be int, got 'two'"):
+        read_task(write_task(tmp_path / "typed.yaml", {**mc, "fewshot": "two"}, rows))
     with pytest.raises(TaskError, match="unknown field 'promt'.*did you mean 'prompt'"):
         read_task(write_task(tmp_path / "typo.yaml", {**mc, "promt": "x"}, rows))
     # a JSONL with a header line is a task file too; few-shot draws are deterministic

@@ -93,7 +93,33 @@ class EvalTask:
 _REQUIRED = {"multiple_choice": ("data", "prompt", "choices", "answer"),
              "perplexity": (), "generation": ("data", "prompt", "verifier", "answer")}
 _HEADER_KEYS = {f.name for f in dataclasses.fields(EvalTask)} - {"path", "rows", "fewshot_rows"}
-_HEADER_KEYS |= {"data", "fewshot_data", "source", "skip", "text_field", "max_chars"}
+_SOURCE_KEYS = {"data", "fewshot_data", "source", "skip", "text_field", "max_chars"}
+_HEADER_KEYS |= _SOURCE_KEYS
+# What each header field must be (checked before use, so a typo is an error naming it).
+_TYPES = {"name": str, "kind": str, "prompt": str, "description": str, "choices": str,
+          "answer": str, "choice_prefix": str, "fewshot_separator": str, "verifier": str,
+          "data": str, "fewshot_data": str, "source": str, "text_field": str, "chat": bool,
+          "limit": int, "fewshot": int, "seed": int, "n": int, "max_new_tokens": int,
+          "skip": int, "max_chars": int, "temperature": (int, float), "k": (int, list),
+          "stop": list}
+
+
+def _check_types(path: pathlib.Path, header: dict) -> None:
+    for key, value in header.items():
+        expected = _TYPES[key]
+        bad_bool = isinstance(value, bool) and expected is not bool
+        if bad_bool or not isinstance(value, expected):
+            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple)
+                                                     else (expected,)))
+            raise TaskError(f"{path}: field {key!r} must be {names}, got {value!r:.60}")
+        if key in ("limit", "fewshot", "skip", "max_chars") and value < 0:
+            raise TaskError(f"{path}: field {key!r} must be >= 0, got {value}")
+    for key in ("k", "stop"):
+        items = header.get(key)
+        kind = int if key == "k" else str
+        if isinstance(items, list) and not all(isinstance(i, kind) and not isinstance(i, bool)
+                                               for i in items):
+            raise TaskError(f"{path}: field {key!r} must list {kind.__name__}s, got {items!r}")
 
 
 def shipped_dir() -> pathlib.Path:
@@ -171,19 +197,17 @@ def read_task(path: pathlib.Path) -> EvalTask:
     kind = header.get("kind")
     if kind not in KINDS:
         raise TaskError(f"{path}: field 'kind' is {kind!r}; expected one of {', '.join(KINDS)}")
-    required = _REQUIRED[kind] if path.suffix != ".jsonl" else \
-        tuple(k for k in _REQUIRED[kind] if k != "data")
-    if kind == "perplexity" and "data" not in header and "source" not in header \
-            and path.suffix != ".jsonl":
-        required = ("data",)
+    required = [k for k in _REQUIRED[kind] if k != "data" or path.suffix != ".jsonl"]
+    if kind == "perplexity" and "source" not in header and path.suffix != ".jsonl":
+        required.append("data")  # text to score: a file, a directory or a JSONL
     for key in ("name", "kind", *required):
         if key not in header:
             raise TaskError(f"{path}: missing field {key!r} (a {kind} task needs "
-                            f"{', '.join(('name', 'kind', *_REQUIRED[kind]))})")
-    fields = {k: v for k, v in header.items() if k in _HEADER_KEYS - {
-        "data", "fewshot_data", "source", "skip", "text_field", "max_chars"}}
-    fields["k"] = tuple(header.get("k", (1,)) if isinstance(header.get("k", 1), list)
-                        else (header.get("k", 1),))
+                            f"{', '.join(('name', 'kind', *required))})")
+    _check_types(path, header)
+    fields = {k: v for k, v in header.items() if k in _HEADER_KEYS - _SOURCE_KEYS}
+    k = header.get("k", [1])
+    fields["k"] = tuple(k if isinstance(k, list) else [k])
     fields["stop"] = tuple(header.get("stop", ()))
     if kind == "perplexity":
         rows = _documents(path, header)
