@@ -223,3 +223,21 @@ def test_table_puts_models_in_rows_and_tasks_in_columns_with_stderr():
         "| model | mc acc_norm | ppl bits_per_byte |", "|---|---|---|",
         "| a | 0.2500 ± 0.0500 |  |", "| b |  | 1.5000 ± 0.0100 |"]
     assert table.to_csv(results).splitlines()[1] == "a,0.25,0.05,,"
+
+
+def test_eval_tasks_in_training_are_checked_when_the_run_is_built(tmp_path):
+    from synthetic_task import SyntheticTask
+    from test_train import config_for
+
+    from llm.config import ConfigError
+    from llm.train.loop import train
+
+    config = config_for(tmp_path / "a", "eval.tasks=stdlib_bpb", "eval.every_steps=0")
+    with pytest.raises(ConfigError, match="eval.tasks='stdlib_bpb' run every "
+                                          "eval.every_steps, which is 0"):
+        train(config, SyntheticTask(config))
+    config = config_for(tmp_path / "b", "eval.tasks=no_such_task")
+    with pytest.raises(TaskError, match="unknown task 'no_such_task'"):
+        train(config, SyntheticTask(config))
+    assert not (tmp_path / "b" / "checkpoints").exists() or not any(
+        (tmp_path / "b" / "checkpoints").iterdir())

@@ -277,6 +277,10 @@ def _build(config, task: Task, plan: Plan, mesh, rules, checkpointer: Checkpoint
     if config.eval.tasks:  # loaded (and checked) now, not at the first evaluation
         from llm.eval.during_training import TrainingEval
 
+        if config.eval.every_steps <= 0:
+            raise config_lib.ConfigError(f"eval.tasks={config.eval.tasks!r} run every "
+                                         "eval.every_steps, which is 0; set it > 0")
+
         run.eval_tasks = TrainingEval(config.eval.tasks, plan.train_data.tokenizer_dir)
     return run
 
