@@ -155,3 +155,15 @@ def test_cli_runs_a_local_task_and_a_download_is_one_clear_error(setup, tmp_path
     assert len(errors) == 1 and "arc_easy" in errors[0] and "offline" in errors[0], \
         failed.stderr[-2000:]
     assert "Retrying" not in failed.stderr and "Traceback" not in failed.stderr
+
+
+@pytest.mark.slow
+def test_an_hf_export_scores_as_the_workdir_it_came_from(setup):
+    from llm.eval.runner import EvalModel
+
+    workdir, hf_dir, _ = setup
+    requests = [(f"Question: {r['question']}\nAnswer:", " " + c) for r in ROWS
+                for c in r["choices"]]
+    ours = EvalModel.load(str(workdir), progress=False).loglikelihood(requests)
+    exported = EvalModel.load(f"hf:{hf_dir}", progress=False).loglikelihood(requests)
+    np.testing.assert_allclose([a for a, _ in ours], [b for b, _ in exported], atol=1e-5)

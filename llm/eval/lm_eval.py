@@ -22,9 +22,13 @@ import os
 import sys
 from typing import Any
 
-from lm_eval.api.model import TemplateLM
-
 from llm.eval import loglik
+
+try:
+    from lm_eval.api.model import TemplateLM
+except ImportError as missing:  # an optional extra
+    raise ImportError("llm.eval.lm_eval needs lm-evaluation-harness: "
+                      "pip install 'lm-eval==0.4.*'") from missing
 
 OFFLINE_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
