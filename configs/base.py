@@ -54,7 +54,8 @@ def base_config(task: str, model: str = "tiny") -> ml_collections.ConfigDict:
         optim=optim_section(),
         mesh=mesh_section(),
         checkpoint=dict(every_steps=200, keep=3, async_save=True),
-        eval=dict(every_steps=200, steps=8, patience=0, min_delta=0.0),
+        # tasks: llm/eval task names run at each evaluation too (e.g. "stdlib_bpb")
+        eval=dict(every_steps=200, steps=8, patience=0, min_delta=0.0, tasks=""),
         log=dict(every_steps=10, wandb=False, wandb_project="llm", wandb_mode="online"),
         train=dict(z_loss=0.0, skip_spikes=False, spike_sigma=6.0, spike_warmup=20,
                    spike_decay=0.99),

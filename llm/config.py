@@ -21,6 +21,7 @@ import ml_collections
 # Keys whose change between a checkpoint and a resumed run is harmless.
 RESUME_SAFE_KEYS = (
     "total_steps", "num_epochs", "log.", "eval.every_steps", "eval.steps", "eval.patience",
+    "eval.tasks",
     "checkpoint.every_steps", "checkpoint.keep", "checkpoint.async_save",
     "workdir", "init_from", "mesh.", "resolved.total_steps",
 )

@@ -109,6 +109,7 @@ class Run:
     checkpointer: Checkpointer
     loop_state: dict
     prepared: tuple | None = None  # (batch, index of its next update, digest, tokens, flops)
+    eval_tasks: Any = None  # llm.eval.during_training.TrainingEval, from eval.tasks
 
     def models(self) -> Models:
         """The policy and side models as they are now, for the task's host code."""
@@ -155,6 +156,8 @@ class Run:
         eval_data = self.plan.eval_data
         metrics = {} if eval_data is None else _held_out(self, eval_data)
         metrics.update(self.task.evaluate(self.models(), step))
+        if self.eval_tasks is not None:
+            metrics.update(self.eval_tasks(self.models().policy(), self.mesh))
         if metrics:
             print(" | ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
         return metrics
@@ -269,9 +272,17 @@ def _build(config, task: Task, plan: Plan, mesh, rules, checkpointer: Checkpoint
         from llm.peft import lora
 
         loop_state["base_hash"] = lora.base_hash(frozen)
-    return Run(config, task, plan, mesh, graphdef, frozen, side_graphdefs, side, state,
-               train_step, eval_step, plan.train_data.make_iterator(), checkpointer,
-               loop_state)
+    run = Run(config, task, plan, mesh, graphdef, frozen, side_graphdefs, side, state,
+              train_step, eval_step, plan.train_data.make_iterator(), checkpointer, loop_state)
+    if config.eval.tasks:  # loaded (and checked) now, not at the first evaluation
+        from llm.eval.during_training import TrainingEval
+
+        if config.eval.every_steps <= 0:
+            raise config_lib.ConfigError(f"eval.tasks={config.eval.tasks!r} run every "
+                                         "eval.every_steps, which is 0; set it > 0")
+
+        run.eval_tasks = TrainingEval(config.eval.tasks, plan.train_data.tokenizer_dir)
+    return run
 
 
 def _resume(run: Run, workdir) -> int:

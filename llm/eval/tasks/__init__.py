@@ -1,0 +1,1 @@
+"""Task files shipped with `llm.eval` (package data read through importlib.resources)."""
