@@ -8,8 +8,10 @@ setup(
     description="The whole language-model training pipeline in one small JAX package.",
     python_requires=">=3.11",
     packages=find_packages(include=["llm", "llm.*", "configs"]),
-    # The labelling page is three static files read through importlib.resources.
-    package_data={"llm.label.static": ["*.html", "*.js", "*.css"]},
+    # The labelling page's static files and the shipped evaluation tasks, read through
+    # importlib.resources.
+    package_data={"llm.label.static": ["*.html", "*.js", "*.css"],
+                  "llm.eval.tasks": ["*.yaml", "*.jsonl"]},
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",
@@ -24,6 +26,7 @@ setup(
         "xxhash>=3.0",
         "safetensors>=0.4",
         "matplotlib>=3.8",  # the demo's curves PNG
+        "pyyaml>=6",  # evaluation task files
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],
@@ -36,6 +39,8 @@ setup(
         # torch>=2.4,<2.14 is met by the CPU build 2.13.0 kept on the dev machines; a bare
         # `torch` would pull the multi-GB CUDA build.
         "hf": ["torch>=2.4,<2.14", "transformers>=4.45", "tokenizers>=0.20"],
+        # lm-evaluation-harness, for `python -m llm.eval.lm_eval` (its tasks on our models).
+        "eval": ["lm-eval==0.4.*"],
         "gpu": ["jax[cuda12]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "wandb": ["wandb>=0.17"],
