@@ -22,7 +22,7 @@ import ml_collections
 RESUME_SAFE_KEYS = (
     "total_steps", "num_epochs", "log.", "eval.every_steps", "eval.steps", "eval.patience",
     "checkpoint.every_steps", "checkpoint.keep", "checkpoint.async_save",
-    "workdir", "init_from", "mesh.", "resolved.total_steps",
+    "workdir", "take_over_lock", "init_from", "mesh.", "resolved.total_steps",
 )
 
 

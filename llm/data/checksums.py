@@ -1,0 +1,89 @@
+"""Checksum manifests of a directory's files: written once when the files are final, checked
+before they are trusted (a checkpoint at restore, a prepared dataset at each training start).
+
+`checksums.json` maps each file's relative path to its size and xxh3-128 digest. Files are
+read in fixed-size chunks, so hashing streams at disk speed and never holds a file in memory.
+It lives in `llm/data/` because both the data stack and the checkpointer use it and data is
+the ground floor (it imports nothing above it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import xxhash
+
+MANIFEST = "checksums.json"
+_CHUNK = 8 << 20
+
+
+def file_digest(path: pathlib.Path) -> str:
+    """xxh3-128 hex digest of one file, read in chunks."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(directory: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in directory.rglob("*")
+                  if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"))
+
+
+def write_manifest(directory: str | os.PathLike) -> int:
+    """Hash every file under `directory` into its checksums.json (atomically); returns the
+    bytes hashed."""
+    directory = pathlib.Path(directory)
+    entries, total = {}, 0
+    for path in _files(directory):
+        size = path.stat().st_size
+        entries[path.relative_to(directory).as_posix()] = {"size": size,
+                                                           "xxh3_128": file_digest(path)}
+        total += size
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"version": 1, "files": entries}, indent=1, sort_keys=True))
+    tmp.replace(directory / MANIFEST)
+    return total
+
+
+def read_manifest(directory: str | os.PathLike) -> dict | None:
+    """The manifest's {relative path: {size, xxh3_128}}, None when there is none; a manifest
+    that does not parse raises ValueError (it is damaged itself)."""
+    path = pathlib.Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        files = json.loads(path.read_text())["files"]
+        if not all(isinstance(e["size"], int) and isinstance(e["xxh3_128"], str)
+                   for e in files.values()):
+            raise TypeError
+        return files
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: damaged checksum manifest") from None
+
+
+def verify(directory: str | os.PathLike, full: bool = True) -> str | None:
+    """Check `directory` against its manifest: None when it matches, else one line naming
+    the first file that differs (missing, extra, size or content). `full=False` compares
+    sizes only (cheap, for large datasets checked at every start). Raises FileNotFoundError
+    when there is no manifest."""
+    directory = pathlib.Path(directory)
+    files = read_manifest(directory)
+    if files is None:
+        raise FileNotFoundError(f"{directory / MANIFEST}: no checksum manifest")
+    present = {p.relative_to(directory).as_posix() for p in _files(directory)}
+    for name in sorted(present - set(files)):
+        return f"{directory / name}: not in the checksum manifest"
+    for name, entry in sorted(files.items()):
+        path = directory / name
+        if name not in present:
+            return f"{path}: missing"
+        size = path.stat().st_size
+        if size != entry["size"]:
+            return f"{path}: {size} bytes, expected {entry['size']}"
+        if full and file_digest(path) != entry["xxh3_128"]:
+            return f"{path}: checksum mismatch (the file's bytes changed after it was written)"
+    return None
