@@ -12,6 +12,7 @@ on flax's container classes and restores onto any mesh.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -74,11 +75,14 @@ def from_saveable(template: Any, saved: dict) -> Any:
 
 class ChecksummedPath(atomicity.AtomicRenameTemporaryPath):
     """orbax's atomic rename, then the committed step's checksum manifest (on the primary
-    process, which alone finalizes; every process's files are in place by then)."""
+    process, which alone finalizes; every process's files are in place by then). Hashing
+    runs on orbax's commit thread for async saves, off the training path."""
 
     async def finalize(self, *args, **kwargs):
         await super().finalize(*args, **kwargs)
-        checksums.write_manifest(pathlib.Path(str(self.get_final())))
+        final = pathlib.Path(str(self.get_final()))
+        if final.name.isdigit():  # a step, not one of its items (orbax finalizes both)
+            await asyncio.to_thread(checksums.write_manifest, final)
 
 
 @contextlib.contextmanager

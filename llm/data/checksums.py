@@ -29,8 +29,8 @@ def file_digest(path: pathlib.Path) -> str:
 
 
 def _files(directory: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(p for p in directory.rglob("*")
-                  if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"))
+    top = (directory / MANIFEST, directory / (MANIFEST + ".tmp"))
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p not in top)
 
 
 def write_manifest(directory: str | os.PathLike) -> int:
@@ -56,8 +56,9 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
     if not path.exists():
         return None
     try:
-        files = json.loads(path.read_text())["files"]
-        if not all(isinstance(e["size"], int) and isinstance(e["xxh3_128"], str)
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        if manifest["version"] != 1 or not all(isinstance(e["size"], int) and isinstance(e["xxh3_128"], str)
                    for e in files.values()):
             raise TypeError
         return files
