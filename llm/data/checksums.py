@@ -58,8 +58,9 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
     try:
         manifest = json.loads(path.read_text())
         files = manifest["files"]
-        if manifest["version"] != 1 or not all(isinstance(e["size"], int) and isinstance(e["xxh3_128"], str)
-                   for e in files.values()):
+        if manifest["version"] != 1 or not all(
+                isinstance(e["size"], int) and isinstance(e["xxh3_128"], str)
+                for e in files.values()):
             raise TypeError
         return files
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):

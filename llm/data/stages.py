@@ -23,6 +23,7 @@ import numpy as np
 from llm.data import chat, clean, decontaminate, dedup, sources, split
 from llm.data.mixture import mixture_weights, repeats
 from llm.data.records import ShardWriter, shard_prefix
+from llm.data.report import removed_row
 from llm.data.tokenizer import Tokenizer
 
 WORK = "_work"
@@ -96,6 +97,14 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
                         removed.append({"source": rec.source, "line": rec.line,
                                         "reason": f"filter:{problem}"})
                         continue
+                if rec.kind == "chat" and not chat.has_targets(fields["messages"]):
+                    # nothing to learn from, and packed in it would dilute its batch silently
+                    counts["filters"]["no_target_tokens"] = (
+                        counts["filters"].get("no_target_tokens", 0) + 1)
+                    removed.append(removed_row(rec.source, rec.line, stage="sft_rows",
+                                               filter="no_target_tokens", value=0,
+                                               threshold=1))
+                    continue
                 key = content_key(rec.kind, fields)
                 o = order_key(fi, rec.line)
                 orders.append(o)
