@@ -41,7 +41,8 @@ def peft_section() -> ml_collections.ConfigDict:
         "rslora": False,
         "target_modules": lora.DEFAULT_TARGETS,  # regex (re.search) over module paths
         "quant": "nf4",             # qlora base storage: nf4 | int8
-        "quant_block_size": 0,      # 0: per layer, largest even divisor of its width <= 64
+        "quant_block_size": 64,     # must divide each quantised input width; 0: per layer
+                                    # the largest even divisor of its width up to 64
         "double_quant": True,       # int8 scales + fp32 second level; False: bf16 scales
         "prefix_len": 16,           # prefix tuning: learned key/value slots per layer
     })
