@@ -22,9 +22,11 @@ _CHUNK = 8 << 20
 def file_digest(path: pathlib.Path) -> str:
     """xxh3-128 hex digest of one file, read in chunks."""
     h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            h.update(view[:n])
     return h.hexdigest()
 
 
