@@ -33,6 +33,26 @@ def flip_bit(path, rng) -> tuple[int, int]:
     return at, mask
 
 
+def assert_each_flip_is_named(checkpointer, step: int, rng) -> list:
+    """Flip one bit in each file of `step` in turn: verify fails naming that file (or, for
+    the manifest, the entry it garbled); flipped back, the step verifies. Returns the files."""
+    directory = checkpointer.directory / str(step)
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    assert directory / checksums.MANIFEST in files
+    checkpointer.verify(step)
+    for file in files:
+        at, mask = flip_bit(file, rng)
+        with pytest.raises(CheckpointError) as caught:
+            checkpointer.verify(step)
+        if file.name != checksums.MANIFEST:  # a flipped digest names its file instead
+            assert str(file) in str(caught.value), (file, str(caught.value))
+        data = bytearray(file.read_bytes())
+        data[at] ^= mask
+        file.write_bytes(bytes(data))
+        checkpointer.verify(step)
+    return files
+
+
 def _start(workdir, *overrides):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     return subprocess.Popen([sys.executable, str(RUNNER), f"workdir={workdir}", *overrides],
@@ -56,21 +76,7 @@ def test_a_flipped_bit_in_any_file_of_a_step_is_named(tmp_path):
     state = {"w": jnp.arange(4096, dtype=jnp.float32), "b": jnp.ones(3)}
     checkpointer.save(1, state, None, {"tokens_seen": 0}, {"task": "synthetic"})
     checkpointer.wait()
-    step = tmp_path / "1"
-    checkpointer.verify(1)
-    files = sorted(p for p in step.rglob("*") if p.is_file())
-    assert len(files) > 8 and step / checksums.MANIFEST in files
-    rng = np.random.default_rng(0)
-    for file in files:
-        at, mask = flip_bit(file, rng)
-        with pytest.raises(CheckpointError) as caught:
-            checkpointer.verify(1)
-        if file.name != checksums.MANIFEST:  # a damaged manifest names itself
-            assert file.relative_to(tmp_path).as_posix() in str(caught.value)
-        data = bytearray(file.read_bytes())
-        data[at] ^= mask
-        file.write_bytes(bytes(data))
-        checkpointer.verify(1)
+    assert len(assert_each_flip_is_named(checkpointer, 1, np.random.default_rng(0))) > 8
     checkpointer.close()
 
 
@@ -96,7 +102,11 @@ def test_second_run_is_refused_then_kill_9_and_rerun_resumes_exactly(uninterrupt
 @pytest.mark.slow
 def test_a_flipped_bit_sets_the_step_aside_and_the_run_matches(uninterrupted, tmp_path):
     shutil.copytree(uninterrupted, tmp_path, dirs_exist_ok=True)
-    state = tmp_path / "checkpoints" / "12" / "state"
+    step = tmp_path / "checkpoints" / "12"
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    assert_each_flip_is_named(checkpointer, 12, np.random.default_rng(3))  # a real step's
+    checkpointer.close()
+    state = step / "state"
     biggest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     flip_bit(biggest, np.random.default_rng(1))
     proc = run(tmp_path)
