@@ -42,6 +42,7 @@ def base_config(task: str, model: str = "tiny") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         task=task,
         workdir="",
+        take_over_lock=False,  # take a workdir lock held by a run on another host
         seed=0,
         total_steps=1000,
         num_epochs=0,

@@ -26,6 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 8
     config.beam_width = 1  # > 1: beam search (deterministic; sampling controls unused)
     config.max_len = 0  # cache length; 0 = the smallest multiple of 64 that fits
+    # A prompt longer than the context leaves for max_new_tokens is an error naming its
+    # line; 'left' keeps its last tokens instead.
+    config.truncate_prompt = ""
     config.chunk_size = 16  # decode steps between host checks (stop strings, streaming)
     # 'training': the training sharding as it is (no copy). 'tensor': a copy of the weights
     # replicated over fsdp (per-device weights |params| / tensor instead of / (fsdp * tensor)).

@@ -22,6 +22,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"configs/sft.py: variants {chosen}: choose one of {METHODS}")
     if chosen:
         config.peft.method = chosen[0]
+    m = config.model
+    if config.peft.method == "qlora" and any(
+            w % config.peft.quant_block_size for w in (m.d_model, m.n_heads * m.head_dim, m.d_ff)):
+        config.peft.quant_block_size = 0  # e.g. tiny's 96-wide attention output: per layer
     if args:
         raise ValueError(f"configs/sft.py: unknown variants {sorted(args)}; expected "
                          f"model=<size> and optionally one of {METHODS}")

@@ -2,13 +2,19 @@
 
 Each step is written to a temporary directory and committed by an atomic rename (orbax), so
 a killed run leaves at worst an uncommitted temporary directory, which orbax never lists.
-A committed step whose files are missing or truncated is reported and skipped in favour of
-the previous one. Parameters are stored as plain nested dicts with string keys, so a
-checkpoint does not depend on flax's container classes and restores onto any mesh.
+After the commit, a checksum manifest of every file of the step is written into it
+(`llm/data/checksums.py`) and checked before a restore: a committed step whose files are
+missing, truncated or changed is set aside with one line naming the file, and the previous
+step is used. Steps written before manifests existed are restored with a warning.
+Parameters are stored as plain nested dicts with string keys, so a checkpoint does not depend
+on flax's container classes and restores onto any mesh.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -18,8 +24,10 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.path import atomicity
 
 from llm import sharding
+from llm.data import checksums
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +74,39 @@ def from_saveable(template: Any, saved: dict) -> Any:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+class ChecksummedPath(atomicity.AtomicRenameTemporaryPath):
+    """orbax's atomic rename, then the committed step's checksum manifest (on the primary
+    process, which alone finalizes; every process's files are in place by then). Hashing
+    runs on orbax's commit thread for async saves, off the training path."""
+
+    async def finalize(self, *args, **kwargs):
+        await super().finalize(*args, **kwargs)
+        final = pathlib.Path(str(self.get_final()))
+        if final.name.isdigit():  # a step, not one of its items (orbax finalizes both)
+            await asyncio.to_thread(checksums.write_manifest, final)
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Silence orbax / TensorStore / asyncio logging while a possibly corrupt step is read:
+    a failure is reported once, in one line, by the caller."""
+    loggers = [logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "jax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 class Checkpointer:
     """Saves and restores {state, data_iterator, loop, config, prepared} under
     `workdir/checkpoints`; `prepared` is a prepared batch between two of its updates."""
 
     # orbax's class for a step's temporary directory; tests swap in one that fails on purpose
-    temporary_path_class: type | None = None
+    temporary_path_class: type = ChecksummedPath
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
         self.directory = pathlib.Path(directory).absolute()
@@ -107,23 +142,67 @@ class Checkpointer:
                        mesh: jax.sharding.Mesh | None = None
                        ) -> tuple[int, Any, dict, dict | None] | None:
         """(step, state, loop state, prepared batch or None) of the newest readable step
-        (falling back past corrupt ones), or None."""
+        (setting aside corrupt ones, one line each), or None."""
         for step in reversed(self.steps()):
             try:
-                return step, *self.restore(step, template_state, shardings, iterator, mesh)
+                with _quiet_libraries():
+                    return step, *self.restore(step, template_state, shardings, iterator, mesh)
             except Exception as error:  # a corrupt step: set it aside, use the previous one
-                aside = self.directory / f"corrupt_{step}_{int(time.time())}"
-                (self.directory / str(step)).rename(aside)
-                print(f"checkpoint {self.directory / str(step)} is unreadable "
-                      f"({type(error).__name__}: {str(error)[:200]}); moved it to {aside} "
-                      "and trying an older one", flush=True)
-                self.manager.reload()
+                self._set_aside(step, error)
         return None
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        """Move an unreadable step out of orbax's view (primary process) and say why."""
+        path = self.directory / str(step)
+        aside = self.directory / f"corrupt_{step}_{int(time.time())}"
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        if not isinstance(error, CheckpointError):
+            reason = f"{type(error).__name__}: {reason}"
+        if jax.process_index() == 0:
+            path.rename(aside)
+        if jax.process_count() > 1:  # every process sees the same steps afterwards
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"set_aside_{step}")
+        print(f"checkpoint {path} is unreadable ({reason}); moved it to {aside.name}, "
+              "trying an older one", flush=True)
+        self.manager.reload()
+
+    def verify(self, step: int) -> None:
+        """Raise CheckpointError naming the first file of `step` that differs from its
+        checksum manifest; warn (and pass) when the step predates manifests."""
+        path = self.directory / str(step)
+        try:
+            problem = checksums.verify(path)
+        except FileNotFoundError:
+            print(f"checkpoint {path} has no checksum manifest (written before checksums "
+                  "existed, or the run died while hashing it): restoring it unverified",
+                  flush=True)
+            return
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
+        if problem is not None:
+            raise CheckpointError(problem)
 
     def restore(self, step: int, template_state: Any, shardings: Any, iterator: Any,
                 mesh: jax.sharding.Mesh | None = None) -> tuple[Any, dict, dict | None]:
         """Restore one step onto `shardings` (any mesh); the iterator is restored in place,
-        a saved prepared batch onto `mesh`'s batch sharding."""
+        a saved prepared batch onto `mesh`'s batch sharding; raises CheckpointError when a
+        file differs from the step's checksum manifest."""
+        # The checksums are read beside orbax's own reading, so a restore costs about the
+        # slower of the two; what orbax restored is used only once they match.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            verified = pool.submit(self.verify, step)
+            try:
+                restored = self._restore(step, template_state, shardings, iterator, mesh)
+            except Exception:
+                verified.result()  # a checksum failure is the clearer reason
+                raise
+            verified.result()
+        return restored
+
+    def _restore(self, step: int, template_state: Any, shardings: Any, iterator: Any,
+                 mesh: jax.sharding.Mesh | None) -> tuple[Any, dict, dict | None]:
         import grain
 
         abstract = to_saveable(jax.tree.map(

@@ -23,7 +23,7 @@ RESUME_SAFE_KEYS = (
     "total_steps", "num_epochs", "log.", "eval.every_steps", "eval.steps", "eval.patience",
     "eval.tasks",
     "checkpoint.every_steps", "checkpoint.keep", "checkpoint.async_save",
-    "workdir", "init_from", "mesh.", "resolved.total_steps",
+    "workdir", "take_over_lock", "init_from", "mesh.", "resolved.total_steps",
 )
 
 

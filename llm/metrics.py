@@ -199,8 +199,9 @@ class MetricsWriter:
             truncate_tensorboard(self.tb_dir, last_step)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Record one step's scalars (numbers only; strings go to jsonl alone)."""
-        if not self.is_primary:
+        """Record one step's scalars (numbers only; strings go to jsonl alone); nothing for
+        an empty `metrics` (a row is never just its step)."""
+        if not self.is_primary or not metrics:
             return
         record = {"step": int(step)}
         for key, value in metrics.items():

@@ -6,7 +6,8 @@
       `--config.init_from=DIR` loads.
   python scripts/convert_hf.py --mode=export --checkpoint=DIR --hf_dir=H [--merge_lora]
       [--dtype=bfloat16]
-      writes H, a directory transformers loads, with the tokenizer from DIR/tokenizer/.
+      writes H, a directory transformers loads, with the tokenizer from DIR/tokenizer/;
+      the weights keep the checkpoint's own dtype unless --dtype says otherwise.
 
 The output (--out, --hf_dir on export) must be new or an empty directory: nothing is ever
 overwritten or mixed. Bad input is one `error: ...` line on stderr and exit code 2.
@@ -36,7 +37,7 @@ CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Export: a workdir (its new
                                  "a DIR/checkpoints/<step> directory.")
 MERGE_LORA = flags.DEFINE_bool("merge_lora", False, "Export: merge LoRA adapters first.")
 DTYPE = flags.DEFINE_string("dtype", None, "Import: parameter dtype (default float32); "
-                            "export: safetensors dtype (default bfloat16).")
+                            "export: safetensors dtype (default: the checkpoint's own).")
 
 
 class ConvertError(ValueError):
@@ -115,9 +116,24 @@ def convert() -> None:
     elif has_adapters(params):
         raise ConvertError(f"--checkpoint={CHECKPOINT.value} holds LoRA adapters; pass "
                            "--merge_lora to fold them into the exported weights")
-    hf.export_hf(cfg, params, out, dtype=DTYPE.value or "bfloat16",
-                 tokenizer_dir=tokenizer_dir)
-    print(f"exported {CHECKPOINT.value} -> {out}")
+    dtype = DTYPE.value or checkpoint_dtype(params)
+    hf.export_hf(cfg, params, out, dtype=dtype, tokenizer_dir=tokenizer_dir)
+    how = "as asked (--dtype)" if DTYPE.value else "the checkpoint's own; --dtype to change"
+    print(f"exported {CHECKPOINT.value} -> {out} ({dtype} weights, {how})")
+
+
+def checkpoint_dtype(params: Any) -> str:
+    """The floating dtype most of the checkpoint's parameters are stored in (so an export
+    without --dtype never lowers precision)."""
+    import jax
+    import numpy as np
+
+    counts: dict[str, int] = {}
+    for leaf in jax.tree.leaves(params):
+        if hasattr(leaf, "dtype") and np.issubdtype(leaf.dtype, np.floating):
+            counts[str(leaf.dtype)] = counts.get(str(leaf.dtype), 0) + int(np.prod(leaf.shape))
+    dtype = max(counts, key=counts.get) if counts else "float32"
+    return dtype if dtype in hf.SAFETENSORS_DTYPES else "float32"
 
 
 def main(argv: list[str]) -> None:

@@ -45,6 +45,11 @@ def check_config(config) -> dict:
                for i in config.stop_token_ids):
         raise ValueError(f"--config.stop_token_ids={list(config.stop_token_ids)}: expected "
                          "token ids (integers >= 0)")
+    from llm.sampling.sampler import TRUNCATE_PROMPT
+
+    if config.truncate_prompt not in TRUNCATE_PROMPT:
+        raise ValueError(f"--config.truncate_prompt={config.truncate_prompt!r}: expected '' "
+                         "(a prompt that does not fit is an error) or 'left' (keep its end)")
     controls = {k: config[k] for k in CONTROLS}
     try:
         SamplingParams.create(1, **controls)
@@ -174,7 +179,8 @@ def run() -> None:
     results = complete_rows(sampler, rows, batch_size=config.batch_size,
                             stop=tuple(config.stop),
                             stop_token_ids=[*config.stop_token_ids, *end_ids],
-                            beam_width=config.beam_width, where=where, **controls)
+                            beam_width=config.beam_width, where=where,
+                            truncate_prompt=config.truncate_prompt, **controls)
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if config.output_file:
         with open(config.output_file, "x") as f:

@@ -1,6 +1,8 @@
 """Train any task: python scripts/train.py --config=configs/<task>.py[:args] --config.workdir=DIR
 
 Running the same command again with the same workdir resumes from the newest checkpoint.
+Exit status: 0 when training is complete, 75 (`EXIT_UNFINISHED`) when a signal or a time
+limit stopped it with a checkpoint saved (rerun to resume), 2 for a refused or failed run.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     host_memory.retain_freed_memory()
     from llm.train.loop import train
+    from llm.train.workdir import exit_status
 
     try:
-        train(config_lib.cli_config())
+        result = train(config_lib.cli_config())
     except (ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(exit_status(result))
 
 
 if __name__ == "__main__":

@@ -2,24 +2,26 @@
 
 usage: python tests/run_synthetic.py KEY=VALUE ...   (config overrides)
        fault points, test-only: --nan-at-step=K (step K's loss is NaN),
-       --crash-before-commit=K (die after checkpoint K's files are written, before commit)
+       --crash-before-commit=K (die after checkpoint K's files are written, before commit),
+       --hang-at-step=K (preparing step K's batch never returns: a run to kill or compete with)
 """
 
 import os
 import pathlib
 import sys
+import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import numpy as np  # noqa: E402
-from orbax.checkpoint._src.path import atomicity  # noqa: E402
 from synthetic_task import SyntheticTask  # noqa: E402
 
-from llm.checkpoint import Checkpointer  # noqa: E402
+from llm.checkpoint import Checkpointer, ChecksummedPath  # noqa: E402
 from llm.config import load_config  # noqa: E402
 from llm.train.loop import train  # noqa: E402
+from llm.train.workdir import exit_status  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BASE = ["total_steps=12", "batch_size=8", "seq_len=32", "log.every_steps=1",
@@ -45,10 +47,24 @@ class NanAtStepTask(SyntheticTask):
         return loss_sum * (1.0 + batch["poison"].sum()), sums
 
 
+class HangAtStepTask(SyntheticTask):
+    """The synthetic task that stops making progress when preparing step K's batch."""
+
+    def __init__(self, config, hang_step: int):
+        super().__init__(config)
+        self.hang_step, self.prepared = hang_step, 0
+
+    def prepare(self, models, host_batch, rng):
+        self.prepared += 1
+        if self.prepared == self.hang_step:
+            time.sleep(3600)
+        return super().prepare(models, host_batch, rng)
+
+
 def crash_before_commit(step: int) -> type:
     """orbax's temporary-path class, dying as SIGKILL would once step's files are written."""
 
-    class CrashBeforeCommit(atomicity.AtomicRenameTemporaryPath):
+    class CrashBeforeCommit(ChecksummedPath):
         async def finalize(self, *args, **kwargs):
             if self.get_final().name == str(step):
                 os._exit(137)
@@ -64,11 +80,13 @@ def main(argv: list[str]) -> None:
     if "crash-before-commit" in faults:
         Checkpointer.temporary_path_class = crash_before_commit(
             int(faults["crash-before-commit"]))
-    if "nan-at-step" in faults:
+    if "hang-at-step" in faults:
+        task = HangAtStepTask(config, int(faults["hang-at-step"]))
+    elif "nan-at-step" in faults:
         task = NanAtStepTask(config, int(faults["nan-at-step"]))
     else:
         task = SyntheticTask(config)
-    train(config, task)
+    sys.exit(exit_status(train(config, task)))
 
 
 if __name__ == "__main__":

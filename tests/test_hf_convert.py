@@ -223,3 +223,17 @@ def test_checkpoint_errors_name_the_flag(script, small_hf_dir, tmp_path):
     with pytest.raises(script.ConvertError, match=r"^--checkpoint='.*model': expected a "):
         convert(script, "--mode=export", f"--checkpoint={small_hf_dir}",
                 f"--hf_dir={tmp_path / 'out'}")
+
+
+def test_export_keeps_the_checkpoints_own_dtype(script, small_hf_dir, tmp_path, capsys):
+    work, dst = str(tmp_path / "work"), tmp_path / "dst"
+    run(script, "--mode=import", f"--hf_dir={small_hf_dir}", f"--out={work}",
+        "--dtype=float32")
+    run(script, "--mode=export", f"--checkpoint={work}", f"--hf_dir={dst}")  # no --dtype
+    assert "(float32 weights, the checkpoint's own" in capsys.readouterr().out
+    dtypes = set()
+    for file in dst.glob("*.safetensors"):
+        raw = file.read_bytes()
+        header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+        dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    assert dtypes == {"F32"}  # was BF16: a silent loss of precision

@@ -27,6 +27,12 @@ def _marker(tok: Tokenizer, role: str) -> list[int]:
     return tok.encode(ROLE_TOKENS[role])
 
 
+def has_targets(messages: Sequence[dict]) -> bool:
+    """Whether a conversation has any token SFT trains on (an assistant turn: its body and
+    end marker are targets, even when its content is empty)."""
+    return any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+
+
 def render_messages(tok: Tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False
                     ) -> tuple[list[int], list[int]]:
     """Token ids of a conversation and the assistant mask (1 exactly on assistant tokens)."""

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import xxhash
 
-from llm.data import DataError, clean, decontaminate, dedup, report, stages, tokenizer
+from llm.data import DataError, checksums, clean, decontaminate, dedup, report, stages, tokenizer
 from llm.data.executors import EXECUTORS, Executor
 from llm.data.loaders import META_FILE
 from llm.data.mixture import check_sources, mixture_weights
@@ -44,7 +44,8 @@ SHARDS = "shards.json"  # in _work: the shard count the cached stages were cut i
 # Everything the pipeline writes into an output folder (meta first: without it, the folder
 # no longer counts as finished); nothing else there is ever removed.
 OUTPUTS = (META_FILE, META_FILE + ".tmp", "report.json", "removed.jsonl", "records",
-           "tokenizer", stages.WORK, MANIFEST, "manifest.tmp")
+           "tokenizer", stages.WORK, MANIFEST, "manifest.tmp", checksums.MANIFEST,
+           checksums.MANIFEST + ".tmp")
 # Settings that change how, not what, is produced: a rerun may change them freely.
 _NOT_IN_MANIFEST = ("path", "output_dir", "overwrite", "executor", "num_workers")
 
@@ -53,6 +54,23 @@ def is_prepared(path: str | pathlib.Path) -> bool:
     """True when `path` is a finished prepared directory (meta.json and tokenizer present)."""
     p = pathlib.Path(path)
     return p.is_dir() and (p / META_FILE).exists() and (p / "tokenizer").is_dir()
+
+
+def check_unchanged(path: str | pathlib.Path) -> None:
+    """Cheap check (file sizes against checksums.json) that a prepared directory is as its
+    preparation left it; DataError naming the first file that differs, a warning for a
+    directory prepared before checksums existed."""
+    try:
+        problem = checksums.verify(path, full=False, extra_ok=True)
+    except FileNotFoundError:
+        print(f"warning: {path}: no checksum manifest (prepared before checksums existed); "
+              "its files are not checked", flush=True)
+        return
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    if problem is not None:
+        raise DataError(f"{problem}: the prepared dataset changed after preparation; prepare "
+                        "it again (data.overwrite=True)")
 
 
 def check_config(c: ml_collections.ConfigDict) -> None:
@@ -276,6 +294,7 @@ def _run_stages(c: ml_collections.ConfigDict, out: pathlib.Path, files: list[pat
                         f"({c.mixture.weights!r}) kept no copy of the rest", str(out))
     report.write(out, c, scans, dd["stats"], contaminated, dropped, written, tok, dtype,
                  manifest, bad)
+    checksums.write_manifest(out, exclude=(stages.WORK,))  # checked at each training start
 
 
 def _nonempty(items, message: str, where):

@@ -100,6 +100,14 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
                         removed.append(removed_row(rec.source, rec.line, "clean", name,
                                                    round(value, 6), threshold))
                         continue
+                if rec.kind == "chat" and not chat.has_targets(fields["messages"]):
+                    # nothing to learn from, and packed in it would dilute its batch silently
+                    counts["filters"]["no_target_tokens"] = (
+                        counts["filters"].get("no_target_tokens", 0) + 1)
+                    removed.append(removed_row(rec.source, rec.line, stage="sft_rows",
+                                               filter="no_target_tokens", value=0,
+                                               threshold=1))
+                    continue
                 key = content_key(rec.kind, fields)
                 o = order_key(fi, rec.line)
                 orders.append(o)

@@ -41,7 +41,8 @@ def peft_section() -> ml_collections.ConfigDict:
         "rslora": False,
         "target_modules": lora.DEFAULT_TARGETS,  # regex (re.search) over module paths
         "quant": "nf4",             # qlora base storage: nf4 | int8
-        "quant_block_size": 64,
+        "quant_block_size": 64,     # must divide each quantised input width; 0: per layer
+                                    # the largest even divisor of its width up to 64
         "double_quant": True,       # int8 scales + fp32 second level; False: bf16 scales
         "prefix_len": 16,           # prefix tuning: learned key/value slots per layer
     })
@@ -64,8 +65,8 @@ def validate(peft_cfg: Any) -> None:
     if peft_cfg.method == "qlora":
         if peft_cfg.quant not in quant.KINDS:
             raise bad("quant", f"one of {quant.KINDS}")
-        if peft_cfg.quant_block_size <= 0 or peft_cfg.quant_block_size % 2:
-            raise bad("quant_block_size", "a positive even integer")
+        if peft_cfg.quant_block_size < 0 or peft_cfg.quant_block_size % 2:
+            raise bad("quant_block_size", "0 (chosen per layer) or a positive even number")
     if peft_cfg.method == "prefix" and (not isinstance(peft_cfg.prefix_len, int)
                                         or peft_cfg.prefix_len <= 0):
         raise bad("prefix_len", "a positive integer")

@@ -51,16 +51,32 @@ def _scale_group(d_out: int, limit: int = 256) -> int:
     return max(g for g in range(1, min(d_out, limit) + 1) if d_out % g == 0)
 
 
-def quantize(w: jax.Array, kind: str = "nf4", block_size: int = 64,
-             double_quant: bool = True) -> dict[str, jax.Array]:
-    """Quantise w[..., I, O] block-wise along I; returns the arrays `dequantize` needs."""
-    if kind not in KINDS:
-        raise QuantConfigError(f"peft.quant={kind!r}: expected one of {KINDS}")
-    *lead, d_in, d_out = w.shape
+AUTO_BLOCK = 64  # the largest block `quant_block_size=0` picks (QLoRA's size)
+
+
+def resolve_block_size(block_size: int, d_in: int) -> int:
+    """The block size for a kernel of input width `d_in`: `block_size` itself, which must be
+    an even divisor of it, or for 0 the largest even divisor of it up to 64 (so any width
+    a model has, e.g. 96 = 4 heads x 24, quantises without the user choosing)."""
+    if block_size == 0:
+        even = [b for b in range(2, min(d_in, AUTO_BLOCK) + 1, 2) if d_in % b == 0]
+        if even:
+            return even[-1]
     if block_size <= 0 or block_size % 2 or d_in % block_size:
         raise QuantConfigError(
             f"peft.quant_block_size={block_size}: expected an even divisor of the input "
-            f"width {d_in}")
+            f"width {d_in}, or 0 to pick one per layer")
+    return block_size
+
+
+def quantize(w: jax.Array, kind: str = "nf4", block_size: int = 64,
+             double_quant: bool = True) -> dict[str, jax.Array]:
+    """Quantise w[..., I, O] block-wise along I (`block_size` 0: chosen per width, see
+    `resolve_block_size`); returns the arrays `dequantize` needs."""
+    if kind not in KINDS:
+        raise QuantConfigError(f"peft.quant={kind!r}: expected one of {KINDS}")
+    *lead, d_in, d_out = w.shape
+    block_size = resolve_block_size(block_size, d_in)
     w32 = w.astype(jnp.float32).reshape(*lead, d_in // block_size, block_size, d_out)
     absmax = jnp.max(jnp.abs(w32), axis=-2)  # [..., I/bs, O]
     safe = jnp.where(absmax == 0, 1.0, absmax)[..., None, :]
@@ -119,7 +135,8 @@ class QuantDense(nnx.Module):
         kernel = dense.kernel
         self.kernel_shape = tuple(kernel.shape)
         self.axes = tuple(kernel.get_metadata()["axes"])
-        self.kind, self.block_size = kind, block_size
+        self.kind = kind
+        self.block_size = resolve_block_size(block_size, self.kernel_shape[-2])
         self.param_dtype = kernel[...].dtype
         self.dtype = dense.dtype
         arrays = quantize(kernel[...], kind, block_size, double_quant)

@@ -275,7 +275,14 @@ def validate_request(cfg: model_lib.ModelConfig, prompt_BP: np.ndarray, lengths_
     if max_len > cfg.max_seq_len:
         raise ValueError(f"max_len={max_len} exceeds the model's context "
                          f"max_seq_len={cfg.max_seq_len}")
-    sampling.validate(max_new_limit_B=max_len - lengths_B)
+    sampling.validate()
+    max_new_B = np.broadcast_to(np.asarray(sampling.max_new_tokens), lengths_B.shape)
+    over = np.flatnonzero(lengths_B + max_new_B > max_len)
+    if len(over):
+        b = int(over[0])
+        raise ValueError(f"row {b}: prompt of {int(lengths_B[b])} tokens does not fit the "
+                         f"context of {max_len} with max_new_tokens {int(max_new_B[b])}"
+                         + (f" (and {len(over) - 1} more rows)" if len(over) > 1 else ""))
     return max_len
 
 

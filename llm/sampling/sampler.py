@@ -20,6 +20,7 @@ from flax import nnx
 from llm.sampling import beam
 from llm.sampling import decode as sampling
 from llm.sampling.decode import SamplingParams
+from llm.sampling.filters import DEFAULTS
 
 
 class TokenizerLike(Protocol):
@@ -290,22 +291,50 @@ def _row_prompt(sampler: Sampler, row: Mapping[str, Any], where: str
                      f"{sorted(row)}")
 
 
+TRUNCATE_PROMPT = ("", "left")
+
+
+def fit_prompt(sampler: Sampler, prompt: str | list[int], max_new_tokens: int, where: str,
+               truncate_prompt: str = "") -> list[int]:
+    """The prompt's ids if they leave room for `max_new_tokens` in the context; else one
+    ValueError naming the row, or with `truncate_prompt='left'` its newest tokens kept."""
+    ids = sampler.encode(prompt)
+    context = sampler.max_len or sampling.model_config(sampler.graphdef,
+                                                       sampler.params).max_seq_len
+    room = context - max_new_tokens
+    if len(ids) <= room:
+        return ids
+    if truncate_prompt == "left" and room >= 1:
+        return ids[len(ids) - room:]
+    hint = ("" if room < 1 else "; lower max_new_tokens, shorten the prompt, or set "
+            "truncate_prompt=left to keep its last tokens")
+    raise ValueError(f"{where}: prompt of {len(ids)} tokens does not fit the context of "
+                     f"{context} with max_new_tokens {max_new_tokens}{hint}")
+
+
 def complete_rows(sampler: Sampler, rows: Sequence[Mapping[str, Any]], *, batch_size: int,
                   stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
                   beam_width: int = 1, where: Sequence[str] | None = None,
-                  **controls: Any) -> list[dict]:
+                  truncate_prompt: str = "", **controls: Any) -> list[dict]:
     """JSONL requests ('prompt' text, 'messages' or 'prompt_ids') → rows with results.
 
     Each output row is the input row plus `completion` (text; only with a tokenizer),
     `tokens`, `logprobs` and `finish_reason`; rows are batched `batch_size` at a time,
-    seeds offset per row. `where` names each row in errors (default 'prompts row N').
+    seeds offset per row. `where` names each row in errors (default 'prompts row N'); a
+    prompt too long for the context is one of them unless `truncate_prompt='left'`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected >= 1")
     if beam_width < 1:
         raise ValueError(f"beam_width={beam_width}: expected >= 1 (1 samples, > 1 searches)")
+    if truncate_prompt not in TRUNCATE_PROMPT:
+        raise ValueError(f"truncate_prompt={truncate_prompt!r}: expected one of "
+                         f"{TRUNCATE_PROMPT} ('' refuses a prompt that does not fit)")
     where = where or [f"prompts row {n}" for n in range(1, len(rows) + 1)]
-    prompts = [_row_prompt(sampler, row, name) for row, name in zip(rows, where, strict=True)]
+    max_new = int(controls.get("max_new_tokens", DEFAULTS["max_new_tokens"]))
+    prompts = [fit_prompt(sampler, _row_prompt(sampler, row, name), max_new, name,
+                          truncate_prompt)
+               for row, name in zip(rows, where, strict=True)]
     seed = int(controls.pop("seed", 0))
     out = []
     for start in range(0, len(prompts), batch_size):

@@ -54,6 +54,7 @@ class _StopFlag:
 
     def __init__(self):
         self.raised = False
+        self.stopped = False  # the loop stopped for a signal (on every process alike)
         self._previous = {}
 
     def install(self) -> None:
@@ -68,11 +69,13 @@ class _StopFlag:
     def agreed(self) -> bool:
         """True on every process if any process was signalled (so all stop together)."""
         if jax.process_count() == 1:
-            return self.raised
-        from jax.experimental import multihost_utils
+            self.stopped = self.raised
+        else:
+            from jax.experimental import multihost_utils
 
-        flags = multihost_utils.process_allgather(np.array([self.raised]))
-        return bool(np.any(flags))
+            flags = multihost_utils.process_allgather(np.array([self.raised]))
+            self.stopped = bool(np.any(flags))
+        return self.stopped
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -164,17 +167,32 @@ class Run:
 
 
 def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[str, Any]:
-    """Run (or resume) training in `config.workdir`; returns the final metrics."""
-    # ---------------------------------------------------------------- workdir, task, mesh
-    workdir = workdir_lib.make_workdir(config)
+    """Run (or resume) training in `config.workdir`, holding its lock; returns the final
+    metrics, with `unfinished` True when a signal stopped it before total_steps."""
+    workdir = workdir_lib.check_workdir(config)
     sharding.maybe_initialize_distributed()
-    is_primary = jax.process_index() == 0
     if task is None:
         from llm.train import get_task
 
         task = get_task(config.task)(config)
-    checks.check_run_settings(config)
-    task.check()
+    created = not workdir.exists()
+    lock = workdir_lib.WorkdirLock(workdir, jax.process_index(), config.take_over_lock)
+    try:
+        checks.check_run_settings(config)
+        task.check()
+        workdir_lib.make_workdir(config)  # only once the settings are known to be good
+        lock.acquire()
+        return _train(config, task, workdir)
+    finally:
+        lock.release()
+        if created and workdir.is_dir() and not any(workdir.iterdir()):
+            workdir.rmdir()  # a refused run leaves nothing behind
+
+
+def _train(config: ml_collections.ConfigDict, task: Task, workdir) -> dict[str, Any]:
+    """The run itself, in a workdir this process holds."""
+    # ---------------------------------------------------------------- task and mesh
+    is_primary = jax.process_index() == 0
     if task.num_updates() < 1:
         raise config_lib.ConfigError(f"task {task.name!r}: num_updates() is "
                                      f"{task.num_updates()}; expected >= 1 per batch")
@@ -195,6 +213,8 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
     run = _build(config, task, plan, mesh, rules, checkpointer)
     start_step = _resume(run, workdir)
     if is_primary:
+        if start_step == 0:
+            workdir_lib.set_aside_logs(workdir)
         workdir_lib.write_run_config(workdir, plan.run_config)
     writer = metrics_lib.MetricsWriter(workdir, start_step, config.log, is_primary,
                                        plan.run_config)
@@ -211,6 +231,7 @@ def train(config: ml_collections.ConfigDict, task: Task | None = None) -> dict[s
         checkpointer.close()
         writer.close()
     reporter.final["step"] = step
+    reporter.final["unfinished"] = stop.stopped and step < plan.total_steps
     return reporter.final
 
 
@@ -294,7 +315,11 @@ def _resume(run: Run, workdir) -> int:
     shardings = jax.tree.map(lambda x: x.sharding, run.state)
     restored = checkpointer.restore_latest(run.state, shardings, run.train_iter, run.mesh)
     if restored is None:
-        print("no readable checkpoint; starting from scratch", flush=True)
+        # A failed restore may have moved the iterator in place: a fresh start reads the
+        # data from its beginning, as a first run would.
+        run.train_iter = run.plan.train_data.make_iterator()
+        print(f"no readable checkpoint in {checkpointer.directory}; starting from step 0",
+              flush=True)
         return 0
     start_step, run.state, loop_state, prepared_batch = restored
     if run.loop_state.get("base_hash") != loop_state.get("base_hash"):

@@ -27,6 +27,7 @@ def prepared_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path,
         raise ValueError(f"--config.data.path={path}: no such file or directory: "
                          f"{', '.join(missing)}")
     if prepare_lib.is_prepared(path):
+        prepare_lib.check_unchanged(path)
         return pathlib.Path(path)
     data = ml_collections.ConfigDict(config.data.to_dict())
     data.inputs = path

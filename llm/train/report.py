@@ -55,6 +55,11 @@ class StepReporter:
                 f"({values['grad_norm']}); the update was not applied and no checkpoint was "
                 "written after the last good one. Lower optim.lr or check the data.")
         values.pop("weight", None)
+        if values.get("empty_batch"):  # stays in the row: 1 marks a skipped update
+            print(f"warning: step {step}: no target tokens in the whole batch (every row's "
+                  "loss mask is zero); the update was skipped. Check the data's targets "
+                  "(e.g. SFT rows without an assistant turn, or prompts longer than seq_len)",
+                  flush=True)
         elapsed = max(now - self._last_read, 1e-9)
         self._last_read = now
         values["tokens"] = tokens

@@ -89,11 +89,18 @@ def make_train_step(task: Task, graphdef: nnx.GraphDef, side_graphdefs: dict,
         grads = jax.tree.map(lambda g: g / weight, grads)
         params, opt_state, spike, finite, grad_norm = guard.apply(
             state["params"], state["opt_state"], state["spike"], grads, loss)
+        # No target token in the whole update (every row masked out): there is nothing to
+        # learn, yet weight decay and the moments would still move the weights. Skip it; the
+        # loop reports it.
+        empty = sums["weight"] == 0
+        params, opt_state, spike = jax.tree.map(
+            lambda old, new: jnp.where(empty, old, new),
+            (state["params"], state["opt_state"], state["spike"]), (params, opt_state, spike))
         new_state = {"step": step + finite.astype(jnp.int32), "params": params,
                      "opt_state": opt_state, "rng": state["rng"], "spike": spike}
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step),
                    "finite": finite, "skipped_steps": spike["skipped"],
-                   "weight": sums["weight"]}
+                   "weight": sums["weight"], "empty_batch": empty}
         metrics.update({k: v / weight for k, v in sums.items() if k != "weight"})
         return new_state, metrics
 
