@@ -129,7 +129,7 @@ def start_grid() -> np.ndarray:
 
 
 def fit(N: Sequence[float], D: Sequence[float], loss: Sequence[float], *,
-        starts: np.ndarray | None = None, refine: int = 16,
+        starts: np.ndarray | None = None, refine: int = 8,
         flops_per_param_token: float = 6.0, name: str = "fit") -> LossLaw:
     """The law that best fits (N, D, loss) points (Huber on log-loss, L-BFGS, best start).
 
@@ -148,7 +148,7 @@ def fit(N: Sequence[float], D: Sequence[float], loss: Sequence[float], *,
     for start in starts:
         result = optimize.minimize(_objective, start, args=(logN, logD, logL), jac=True,
                                    method="L-BFGS-B",
-                                   options=dict(ftol=1e-15, gtol=1e-12, maxiter=5000))
+                                   options=dict(ftol=1e-13, gtol=1e-10, maxiter=5000))
         if np.all(np.isfinite(result.x)) and (best is None or result.fun < best.fun):
             best = result
     a, b, e, alpha, beta = best.x
@@ -161,7 +161,7 @@ def _theta(law: LossLaw) -> np.ndarray:
 
 
 def bootstrap(law: LossLaw, N: Sequence[float], D: Sequence[float], loss: Sequence[float],
-              budgets: Sequence[float], samples: int = 200, seed: int = 0
+              budgets: Sequence[float], samples: int = 100, seed: int = 0
               ) -> np.ndarray:
     """Predicted optimal loss per budget for `samples` refits on resampled runs: [S, C]."""
     N, D, L = (np.asarray(x, float) for x in (N, D, loss))
