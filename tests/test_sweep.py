@@ -3,6 +3,8 @@ run, statuses read from workdirs, FLOP totals and mean ± std over seeds."""
 
 import json
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -130,3 +132,26 @@ def test_task_metrics_from_the_evaluation_stage_become_columns():
     records = [{"step": 5, "eval_loss": 3.0, "eval_accuracy": 0.1},
                {"step": 10, "eval_loss": 2.5, "eval_accuracy": 0.4, "eval_nll": 2.5}]
     assert results.eval_columns(records) == {"eval_accuracy": 0.4, "eval_nll": 2.5}
+
+
+def test_the_launcher_refuses_sweep_runs_outside_an_array_job(tmp_path):
+    runs = tmp_path / "runs.txt"
+    runs.write_text("/w --config=c.py\n")
+    script = str(runner.execute.LAUNCH_SLURM)
+    env = {"DRY_RUN": "1", "PATH": "/usr/bin:/bin"}
+    outside = subprocess.run(["bash", script, f"--sweep_runs={runs}"], env=env,
+                             capture_output=True, text=True)
+    assert outside.returncode != 0 and "needs an array job" in outside.stderr
+    past_end = subprocess.run(["bash", script, f"--sweep_runs={runs}"],
+                              env={**env, "SLURM_ARRAY_TASK_ID": "1"},
+                              capture_output=True, text=True)
+    assert past_end.returncode == 2 and "no line for array task 1" in past_end.stderr
+
+
+def test_the_cli_reports_a_bad_key_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "scripts/sweep.py",
+                          "--config=configs/sweeps/chinchilla_tiny.py",
+                          f"--config.folder={tmp_path}", "--config.grid=(('optim.lrr', [1]),)"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "optim.lrr: unknown config key; did you mean optim.lr" in out.stderr
