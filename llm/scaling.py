@@ -178,6 +178,18 @@ def bootstrap(law: LossLaw, N: Sequence[float], D: Sequence[float], loss: Sequen
     return np.array(out).reshape(-1, len(budgets))
 
 
+def poorly_determined(law: LossLaw) -> list[str]:
+    """Why a fitted law should not be trusted (empty when nothing stands out): exponents
+    outside what any published fit found, or an irreducible loss that collapsed to zero."""
+    reasons = []
+    for name, value in (("alpha", law.alpha), ("beta", law.beta)):
+        if not 0.05 <= value <= 2.0:
+            reasons.append(f"{name} = {value:.3g} is outside 0.05–2")
+    if law.E < 1e-3:
+        reasons.append(f"E = {law.E:.3g}: the runs show no loss floor")
+    return reasons
+
+
 def extrapolation(flops: float, run_flops: Sequence[float]) -> float:
     """How many times the budget exceeds the largest run's FLOPs (< 1: inside the runs)."""
     return float(flops / max(run_flops))

@@ -79,3 +79,11 @@ def test_plan_without_a_sweep_names_the_published_fit():
     bad = subprocess.run([sys.executable, "scripts/plan.py", "--budget=lots"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--budget=lots: expected a number" in bad.stderr
+
+
+def test_a_degenerate_fit_is_flagged():
+    assert scaling.poorly_determined(TRUE) == []
+    collapsed = scaling.LossLaw(E=0.0, A=6e44, B=15.3, alpha=8.8, beta=0.08)
+    reasons = scaling.poorly_determined(collapsed)
+    assert any(r.startswith("alpha = 8.8") for r in reasons)
+    assert any("no loss floor" in r for r in reasons)

@@ -155,3 +155,16 @@ def test_the_cli_reports_a_bad_key_in_one_line(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "optim.lrr: unknown config key; did you mean optim.lr" in out.stderr
+
+
+def test_knobs_that_move_together_get_one_plot(tmp_path):
+    from llm.sweep import plots
+
+    rows = [{"run": f"r{i}", "status": "finished", "model.d_model": d, "model.d_ff": 3 * d,
+             "total_steps": s, "final_eval_loss": 5.0 - d / 100 - s / 1000}
+            for i, (d, s) in enumerate([(32, 10), (32, 20), (64, 10), (64, 20)])]
+    paths = plots.metric_vs_knobs(rows, ["model.d_model", "model.d_ff", "total_steps"],
+                                  "final_eval_loss", tmp_path)
+    assert [p.name for p in paths] == ["final_eval_loss_vs_model_d_model.png",
+                                       "final_eval_loss_vs_total_steps.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)

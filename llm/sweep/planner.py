@@ -111,6 +111,11 @@ def plan(law: scaling.LossLaw, budgets: Sequence[float], pts: dict | None, *,
          bootstrap: int, max_extrapolation: float = 10.0) -> list[str]:
     """Every line the planner prints, for each budget."""
     lines = [law.describe()]
+    reasons = scaling.poorly_determined(law) if pts is not None else []
+    if reasons:
+        lines.append(f"  warning: the fit is poorly determined ({'; '.join(reasons)}): the "
+                     "runs need more sizes or tokens, where a larger model wins at the larger "
+                     "budgets")
     intervals = [None] * len(budgets)
     if pts is not None and bootstrap > 0:
         samples = scaling.bootstrap(law, pts["N"], pts["D"], pts["loss"], budgets, bootstrap)

@@ -31,11 +31,15 @@ def metric_vs_knobs(rows: list[dict], knobs: Sequence[str], metric: str,
     mean over the other knobs and seeds joined by a line."""
     plt = _pyplot()
     done = [r for r in rows if r["status"] == "finished" and r.get(metric) is not None]
-    paths = []
+    paths, partitions = [], set()
     for knob in knobs:
         values = [r.get(knob) for r in done]
-        if len({str(v) for v in values}) < 2:
+        # knobs that move together (one run set's keys) split the runs alike: plot the first
+        partition = tuple(sorted(tuple(i for i, v in enumerate(values) if str(v) == u)
+                                 for u in {str(v) for v in values}))
+        if len(partition) < 2 or partition in partitions:
             continue
+        partitions.add(partition)
         numeric = _numeric(values)
         order = sorted(set(values)) if numeric else sorted({str(v) for v in values})
         position = {v: i for i, v in enumerate(order)}
