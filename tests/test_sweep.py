@@ -57,7 +57,7 @@ def test_a_bad_value_and_a_reserved_key_are_refused(tmp_path):
 def test_slurm_dry_run_prints_one_array_job_carrying_each_runs_overrides(tmp_path, capsys):
     lrs = [1e-3, 3e-4, 1e-4]
     sweep = sweep_in(tmp_path, grid={"optim.lr": lrs}, seeds=(0,))
-    sweep.executor, sweep.parallel = "slurm", 2
+    sweep.executor, sweep.slurm.max_parallel = "slurm", 2
     runner.run_sweep(sweep, dry_run=True)
     lines = capsys.readouterr().out.splitlines()
     sbatch = [shlex.split(line) for line in lines if line.startswith("sbatch ")]

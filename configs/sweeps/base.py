@@ -27,12 +27,13 @@ def sweep_config(base: str, *, grid: Mapping[str, Sequence[Any]] | None = None,
         seeds=tuple(int(s) for s in seeds),
         folder="",  # every run's workdir is FOLDER/<run name>; results land in FOLDER
         executor="local",  # local | slurm
-        parallel=1,  # local: runs at once; slurm: the array's simultaneous tasks (0 = all)
+        parallel=1,  # local executor: runs at once (0 = all)
         retry_failed=False,  # a rerun retries failed runs too (finished ones never rerun)
         # "" = the base config's data.path as is; "demo" = the standard library's sources,
         # prepared once into FOLDER/data and shared by every run.
         shared_data="",
         demo_files=120,
         metric="eval_loss",  # the table's and plots' headline metric
-        slurm=dict(sbatch_args="--nodes=1"),
+        # sbatch flags for the array job; max_parallel caps its running tasks (0 = no cap)
+        slurm=dict(sbatch_args="--nodes=1", max_parallel=0),
     ))

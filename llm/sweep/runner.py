@@ -94,7 +94,8 @@ def run_sweep(sweep: ml_collections.ConfigDict, path: str = "sweep",
     folder.mkdir(parents=True, exist_ok=True)
     if todo and sweep.executor == "slurm":
         extra = placeholder if dry_run else shared_data(sweep, folder)
-        execute.submit_slurm(todo, base, folder, sweep.slurm.sbatch_args, sweep.parallel,
+        execute.submit_slurm(todo, base, folder, sweep.slurm.sbatch_args,
+                             sweep.slurm.max_parallel,
                              extra, dry_run=dry_run or os.environ.get("DRY_RUN") == "1")
         return []
     if todo:

@@ -84,8 +84,10 @@ def check_sweep(sweep: ml_collections.ConfigDict, path: str) -> None:
     if sweep.executor not in EXECUTORS:
         raise config_lib.ConfigError(f"{path}: executor={sweep.executor!r}; expected one of "
                                      f"{', '.join(EXECUTORS)}")
-    if sweep.parallel < 0:
-        raise config_lib.ConfigError(f"{path}: parallel={sweep.parallel}; expected >= 0")
+    for key, value in (("parallel", sweep.parallel),
+                       ("slurm.max_parallel", sweep.slurm.max_parallel)):
+        if value < 0:
+            raise config_lib.ConfigError(f"{path}: {key}={value}; expected >= 0 (0 = all)")
     if not sweep.seeds:
         raise config_lib.ConfigError(f"{path}: seeds is empty; expected at least one seed")
     if sweep.shared_data not in ("", "demo"):
