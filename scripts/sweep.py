@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
 
     try:
         sweep = config_lib.cli_config()
-        spec = config_lib._CLI["spec"]
+        spec = config_lib.split_argv(sys.argv[1:])[0].partition(":")[0]  # for messages
         if _RESULTS_ONLY.value:
             from llm.sweep.spec import expand
 
