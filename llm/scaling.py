@@ -38,7 +38,8 @@ class LossLaw:
     def loss(self, N: np.ndarray | float, D: np.ndarray | float) -> np.ndarray:
         """Predicted loss at N parameters trained on D tokens."""
         N, D = np.asarray(N, float), np.asarray(D, float)
-        return self.E + self.A / N ** self.alpha + self.B / D ** self.beta
+        with np.errstate(over="ignore"):  # a huge N^alpha is inf, and A/inf the right 0
+            return self.E + self.A / N ** self.alpha + self.B / D ** self.beta
 
     def optimal(self, flops: float) -> tuple[float, float, float]:
         """(N, D, loss) minimising the loss at a FLOP budget (N·D = C / k).
