@@ -5,7 +5,7 @@ grid of starts, as Hoffmann et al. did) and, for each FLOP budget, prints the co
 N and D, the predicted loss with a bootstrap interval, a warning when the budget lies far
 beyond the runs, and the nearest sizes in configs/models.py with the total_steps that spend
 it. Without --sweep it uses a published fit (--published=hoffmann|epoch). The frontier plot
-goes to --plot (default: DIR/frontier.png, or frontier.png here).
+goes to --plot (default: DIR/frontier.png; without --sweep, only where --plot says).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main(argv: list[str]) -> None:
         else:
             pts, law = None, scaling.PUBLISHED[_PUBLISHED.value]
             batch, seq, vocab = 256, 2048, None
-            plot = pathlib.Path(_PLOT.value or "frontier.png")
+            plot = pathlib.Path(_PLOT.value) if _PLOT.value else None
         lines = planner.plan(law, budgets, pts, batch_size=_BATCH.value or batch,
                              seq_len=_SEQ.value or seq, vocab_size=vocab, count=_COUNT.value,
                              bootstrap=_BOOTSTRAP.value if pts is not None else 0,
@@ -90,7 +90,14 @@ def main(argv: list[str]) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print("\n".join(lines))
-    print(f"frontier plot: {plots.frontier(law, pts, budgets, plot)}")
+    if plot is None:
+        print("(--plot=FILE.png saves the frontier)")
+        return
+    try:
+        print(f"frontier plot: {plots.frontier(law, pts, budgets, plot)}")
+    except OSError as error:
+        print(f"error: --plot={plot}: cannot write it ({error.strerror})", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -71,11 +71,14 @@ def test_bootstrap_interval_covers_the_true_loss_and_plan_warns_on_extrapolation
     assert "--config.total_steps=" in first
 
 
-def test_plan_without_a_sweep_names_the_published_fit():
+def test_plan_without_a_sweep_names_the_published_fit(tmp_path):
+    plot = tmp_path / "frontier.png"
     out = subprocess.run([sys.executable, "scripts/plan.py", "--budget=1e21",
-                          "--published=epoch", "--plot=/dev/null/x.png", "--bootstrap=0"],
+                          "--published=epoch", f"--plot={plot}"],
                          capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     assert "Epoch AI replication" in out.stdout and "N* = " in out.stdout
+    assert plot.stat().st_size > 1000
     bad = subprocess.run([sys.executable, "scripts/plan.py", "--budget=lots"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--budget=lots: expected a number" in bad.stderr
