@@ -9,6 +9,12 @@
 # maybe_initialize_distributed), so every process joins one global mesh. The workdir
 # must be a filesystem every node sees. Override any #SBATCH default on the sbatch
 # command line. DRY_RUN=1 prints the srun command instead of running it.
+#
+# Sweeps (scripts/sweep.py, executor=slurm) submit this script as an array job:
+#   sbatch --array=0-N scripts/launch_slurm.sh --sweep_runs=FOLDER/slurm/runs-....txt
+# Line i of that file (shell-quoted: the run's workdir, then its train.py flags) is array
+# task i's run. Its output is appended to WORKDIR/train.log and one line with the exit code
+# and wall time to WORKDIR/attempts.jsonl, which the sweep's results table reads.
 #SBATCH --job-name=llm-train
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
@@ -24,12 +30,38 @@ if [[ $# -eq 0 ]]; then
 fi
 # Under sbatch the script runs from a spool copy, so find the checkout from the submit dir.
 repo_dir=${REPO_DIR:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}}
+workdir=""
+if [[ $1 == --sweep_runs=* ]]; then
+  runs_file=${1#--sweep_runs=}
+  index=${SLURM_ARRAY_TASK_ID:?--sweep_runs needs an array job (sbatch --array=...)}
+  line=$(sed -n "$((index + 1))p" "$runs_file")
+  if [[ -z $line ]]; then
+    echo "error: $runs_file has no line for array task $index" >&2
+    exit 2
+  fi
+  eval "run=($line)"  # written by scripts/sweep.py with shlex.join
+  workdir=${run[0]}
+  set -- "${run[@]:1}"
+fi
 cmd=(srun --ntasks-per-node=1 --kill-on-bad-exit=1
      python "$repo_dir/scripts/train.py" "$@")
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
   printf '%q ' "${cmd[@]}"
   echo
+elif [[ -n $workdir ]]; then
+  cd "$repo_dir"
+  mkdir -p "$workdir"
+  started=$(date +%s)
+  echo "=== sweep attempt $(date +%Y-%m-%dT%H:%M:%S) (slurm $SLURM_ARRAY_JOB_ID/$index) ===" \
+    >>"$workdir/train.log"
+  set +e
+  "${cmd[@]}" >>"$workdir/train.log" 2>&1
+  code=$?
+  set -e
+  printf '{"exit_code": %d, "wall_s": %d, "executor": "slurm", "started": %d}\n' \
+    "$code" "$(($(date +%s) - started))" "$started" >>"$workdir/attempts.jsonl"
+  exit "$code"
 else
   cd "$repo_dir"
   exec "${cmd[@]}"

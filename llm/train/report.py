@@ -63,6 +63,7 @@ class StepReporter:
         elapsed = max(now - self._last_read, 1e-9)
         self._last_read = now
         values["tokens"] = tokens
+        values["flops"] = flops  # the task's count for this update (sweeps sum it)
         values["tokens_per_s"] = tokens / elapsed
         values["mfu"] = flops / elapsed / self.peak_flops
         values["step_time_s"] = elapsed

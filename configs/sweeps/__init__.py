@@ -1,0 +1,1 @@
+"""Sweeps: one file per sweep, each `get_config(arg)` built with `configs/sweeps/base.py`."""
