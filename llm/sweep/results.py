@@ -21,11 +21,8 @@ from typing import Any
 
 from llm.sweep.execute import ATTEMPT_HEADER
 from llm.sweep.spec import RunSpec, format_value
+from llm.train.workdir import EXIT_UNFINISHED
 
-try:  # issue 17 names the code; until it lands, this is the one place it is written
-    from llm.train.workdir import EXIT_UNFINISHED
-except ImportError:
-    EXIT_UNFINISHED = 75  # "unfinished, resumable": a run stopped by SIGTERM or a time limit
 KILLED = (-15, -9, 137, 143)  # SIGTERM / SIGKILL, as Python or a shell reports them
 FINISHED_EARLY = ("early stopping at step", "training data exhausted")
 METRICS = ("final_eval_loss", "best_eval_loss", "final_loss", "tokens", "flops", "wall_s",
