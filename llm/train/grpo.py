@@ -218,6 +218,7 @@ class GrpoTask(Task):
         rows = sequences.training_rows(ro.prompt_tokens_RP, ro.prompt_lengths_R,
                                        ro.completions_RN, ro.lengths_R)
         batch = {**rows, "completion_mask": mask_RN, "advantages": advantages_R,
+                 "completion_tokens": sequences.completion_mask(ro.lengths_R, N),
                  "old_logprobs": ro.logprobs_RN.astype(np.float32)}
         start = time.perf_counter()
         if g.beta > 0:
@@ -297,11 +298,14 @@ class GrpoTask(Task):
         per_token_RN = jnp.broadcast_to(per_token_RN, mask_RN.shape)
         loss_sum, weight = aggregate(per_token_RN, mask_RN, g.loss_type, N,
                                      jnp.sum(batch["dapo_weight"]))
-        weight = jax.lax.stop_gradient(weight)
-        tokens = jnp.maximum(jnp.sum(mask_RN), 1.0)
+        # All rows masked (every group's rewards equal): weight 1 keeps the per-rollout
+        # figures below readable; the loss sum is 0 then.
+        weight = jax.lax.stop_gradient(jnp.where(weight > 0, weight, 1.0))
+        valid_RN = batch["completion_tokens"]  # every sampled token, masked or not
+        tokens = jnp.maximum(jnp.sum(valid_RN), 1.0)
 
         def token_mean(x):
-            return jax.lax.stop_gradient(jnp.sum(jnp.broadcast_to(x, mask_RN.shape) * mask_RN)
+            return jax.lax.stop_gradient(jnp.sum(jnp.broadcast_to(x, valid_RN.shape) * valid_RN)
                                          / tokens * weight)
 
         sums = {"weight": weight, "kl": token_mean(kl_RN), "entropy": token_mean(entropy_RN),
