@@ -10,6 +10,10 @@ returned one reward per completion, and `register(name)` adds one.
     exact       1.0 when the stripped completion equals the stripped `answer`
     arithmetic  1.0 when `llm.data.synthetic.check_arithmetic_answer` accepts the `answer`
     regex       1.0 when the row's `pattern` (a regular expression) is found in the completion
+    format      1.0 when the whole stripped completion matches the row's `format_pattern`
+    length_penalty  DAPO's soft overlong penalty from `completion_ids` and
+                `max_completion_length`: 0 up to the last `overlong_buffer` tokens
+                (default a fifth), then falling linearly to -1 at the limit
 """
 
 from __future__ import annotations
@@ -93,3 +97,27 @@ def regex(prompts: list[str], completions: list[str], **row_fields: Any) -> list
     patterns = _column("regex", row_fields, "pattern", len(completions))
     return [float(re.search(p, c) is not None)
             for c, p in zip(completions, patterns, strict=True)]
+
+
+@register("format")
+def format_reward(prompts: list[str], completions: list[str], **row_fields: Any) -> list[float]:
+    """1.0 where the whole stripped completion matches the row's `format_pattern`, else 0.0."""
+    patterns = _column("format", row_fields, "format_pattern", len(completions))
+    return [float(re.fullmatch(p, c.strip(), flags=re.DOTALL) is not None)
+            for c, p in zip(completions, patterns, strict=True)]
+
+
+@register("length_penalty")
+def length_penalty(prompts: list[str], completions: list[str], **row_fields: Any
+                   ) -> list[float]:
+    """0 for completions shorter than max_completion_length - buffer tokens, then linearly
+    down to -1 at max_completion_length (DAPO's soft overlong punishment)."""
+    n = len(completions)
+    ids = _column("length_penalty", row_fields, "completion_ids", n)
+    limits = _column("length_penalty", row_fields, "max_completion_length", n)
+    buffers = row_fields.get("overlong_buffer") or [max(1, int(m) // 5) for m in limits]
+    penalties = []
+    for tokens, limit, buffer in zip(ids, limits, buffers, strict=True):
+        over = len(tokens) - (int(limit) - int(buffer))
+        penalties.append(-min(1.0, max(0.0, over / max(int(buffer), 1))))
+    return penalties

@@ -37,11 +37,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llm import model as model_lib
 from llm import sharding as sharding_lib
-from llm.sampling.filters import SamplingParams, choose_tokens, row_keys
+from llm.sampling.filters import SamplingParams, choose_tokens, row_keys, temperature_logprobs
 
 __all__ = ["SamplingParams", "GenerateOutput", "DecodeState", "generate", "prefill", "decode",
            "bucket_length", "decode_windows", "FINISH_REASONS", "finish_reasons",
-           "reshard_for_decode", "check_ids"]
+           "reshard_for_decode", "check_ids", "generate_traced", "pad_ids"]
 
 # finish codes stored on device; index into FINISH_REASONS on the host.
 RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
@@ -57,6 +57,9 @@ class GenerateOutput(NamedTuple):
     sampling_logprobs_BN: np.ndarray  # float32, under the filtered sampling distribution
     lengths_B: np.ndarray  # int32, number of new tokens
     finish_reason: list[str]  # 'eos' | 'stop' | 'length' per row
+    # float32, log softmax(logits / temperature) before penalties and filters (TRL's
+    # recorded log-probs); None where a caller (beam search) does not record them
+    scaled_logprobs_BN: np.ndarray | None = None
 
 
 class DecodeState(NamedTuple):
@@ -66,6 +69,7 @@ class DecodeState(NamedTuple):
     tokens_BN: jax.Array
     logprobs_BN: jax.Array
     sampling_logprobs_BN: jax.Array
+    scaled_logprobs_BN: jax.Array
     prompt_lengths_B: jax.Array
     n_new_B: jax.Array
     done_B: jax.Array
@@ -106,7 +110,8 @@ def _constrain_cache(cache: Any, cfg: model_lib.ModelConfig, mesh: jax.sharding.
 
 
 def _record(state: DecodeState, tokens_B: jax.Array, logprobs_B: jax.Array,
-            sampling_logprobs_B: jax.Array, max_len: int) -> DecodeState:
+            sampling_logprobs_B: jax.Array, scaled_logprobs_B: jax.Array, max_len: int
+            ) -> DecodeState:
     """Write the chosen tokens of still-running rows and update their stop status."""
     B, N = state.tokens_BN.shape
     rows_B = jnp.arange(B)
@@ -124,6 +129,8 @@ def _record(state: DecodeState, tokens_B: jax.Array, logprobs_B: jax.Array,
         logprobs_BN=state.logprobs_BN.at[rows_B, slot_B].set(logprobs_B, mode="drop"),
         sampling_logprobs_BN=state.sampling_logprobs_BN.at[rows_B, slot_B].set(
             sampling_logprobs_B, mode="drop"),
+        scaled_logprobs_BN=state.scaled_logprobs_BN.at[rows_B, slot_B].set(
+            scaled_logprobs_B, mode="drop"),
         n_new_B=n_new_B,
         done_B=state.done_B | ends_B,
         finish_B=jnp.where(ends_B, finish_B, state.finish_B),
@@ -139,7 +146,8 @@ def _choose_and_record(state: DecodeState, logits_BV: jax.Array, max_len: int
     tokens_B, logprobs_B, sampling_logprobs_B = choose_tokens(
         logits_BV, state.sampling, keys_B, state.prompt_seen_BV, state.counts_BV,
         state.n_new_B, ids)
-    return _record(state, tokens_B, logprobs_B, sampling_logprobs_B, max_len)
+    scaled_logprobs_B = temperature_logprobs(logits_BV, tokens_B, state.sampling.temperature)
+    return _record(state, tokens_B, logprobs_B, sampling_logprobs_B, scaled_logprobs_B, max_len)
 
 
 def prompt_logits(model: model_lib.Transformer, prompt_BP: jax.Array,
@@ -174,6 +182,7 @@ def _prefill(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
         tokens_BN=jnp.zeros((B, num_slots), jnp.int32),
         logprobs_BN=jnp.zeros((B, num_slots), jnp.float32),
         sampling_logprobs_BN=jnp.zeros((B, num_slots), jnp.float32),
+        scaled_logprobs_BN=jnp.zeros((B, num_slots), jnp.float32),
         prompt_lengths_B=prompt_lengths_B,
         n_new_B=jnp.zeros((B,), jnp.int32),
         done_B=jnp.zeros((B,), bool),
@@ -225,6 +234,18 @@ def _decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, max_steps: 
     for window in decode_windows(max_len):
         carry = loop(window, carry)
     return carry[0]
+
+
+def generate_traced(graphdef: nnx.GraphDef, params: Any, prompt_BP: jax.Array,
+                    prompt_lengths_B: jax.Array, sampling: SamplingParams, eos_ids: jax.Array,
+                    stop_ids: jax.Array, *, max_len: int, mesh: jax.sharding.Mesh | None,
+                    unstack_layers: bool) -> DecodeState:
+    """Prefill and decode to the end inside a caller's jit (RL rollouts); the caller
+    validates inputs and fixes the prompt width P and max_len, so shapes never change."""
+    state = _prefill(graphdef, params, prompt_BP, prompt_lengths_B, sampling, eos_ids,
+                     stop_ids, max_len=max_len, mesh=mesh)
+    return _decode(graphdef, params, state, jnp.asarray(2**30, jnp.int32), max_len=max_len,
+                   mesh=mesh, unstack_layers=unstack_layers)
 
 
 def decode_windows(max_len: int) -> list[int]:
@@ -332,12 +353,14 @@ def decode(graphdef: nnx.GraphDef, params: Any, state: DecodeState, *, max_len: 
 
 def to_output(state: DecodeState) -> GenerateOutput:
     """Copy a decode state's results to the host, N = the largest max_new_tokens."""
-    tokens_BN, logprobs_BN, slp_BN, n_B, finish_B, max_new_B = jax.device_get(
-        (state.tokens_BN, state.logprobs_BN, state.sampling_logprobs_BN, state.n_new_B,
-         state.finish_B, state.sampling.max_new_tokens))
+    tokens_BN, logprobs_BN, slp_BN, scaled_BN, n_B, finish_B, max_new_B = jax.device_get(
+        (state.tokens_BN, state.logprobs_BN, state.sampling_logprobs_BN,
+         state.scaled_logprobs_BN, state.n_new_B, state.finish_B,
+         state.sampling.max_new_tokens))
     N = int(np.max(max_new_B))
     return GenerateOutput(np.asarray(tokens_BN)[:, :N], np.asarray(logprobs_BN)[:, :N],
-                          np.asarray(slp_BN)[:, :N], np.asarray(n_B), finish_reasons(finish_B))
+                          np.asarray(slp_BN)[:, :N], np.asarray(n_B), finish_reasons(finish_B),
+                          np.asarray(scaled_BN)[:, :N])
 
 
 def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BP: Any, prompt_lengths_B: Any,

@@ -308,3 +308,13 @@ def choose_tokens(logits_BV: jax.Array, params: SamplingParams, keys_B: jax.Arra
     model_logprobs_B = (jnp.take_along_axis(logits_BV, tokens_B[:, None], -1)[:, 0]
                         - jax.nn.logsumexp(logits_BV, -1))
     return tokens_B, model_logprobs_B, jnp.where(greedy_B, 0.0, sampled_logprobs_B)
+
+
+def temperature_logprobs(logits_BV: jax.Array, tokens_B: jax.Array, temperature_B: jax.Array
+                         ) -> jax.Array:
+    """log softmax(logits / temperature) at tokens_B: the log-probs a trainer that divides
+    its logits by the temperature (as TRL's GRPO does) computes; greedy rows use 1."""
+    temperature_B1 = jnp.where(temperature_B > 0, temperature_B, 1.0)[:, None]
+    scaled_BV = logits_BV.astype(jnp.float32) / temperature_B1
+    chosen_B = jnp.take_along_axis(scaled_BV, tokens_B[:, None], -1)[:, 0]
+    return chosen_B - jax.nn.logsumexp(scaled_BV, -1)

@@ -9,10 +9,11 @@ from llm.train.task import Task
 
 def get_task(name: str) -> type[Task]:
     """The Task class registered under `name`."""
+    from llm.train.grpo import GrpoTask
     from llm.train.pretrain import PretrainTask
     from llm.train.sft import SftTask
 
-    tasks: dict[str, type[Task]] = {"pretrain": PretrainTask, "sft": SftTask}
+    tasks: dict[str, type[Task]] = {"pretrain": PretrainTask, "sft": SftTask, "grpo": GrpoTask}
     if name not in tasks:
         close = difflib.get_close_matches(name, tasks, n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
