@@ -9,10 +9,13 @@ from llm.train.task import Task
 
 def get_task(name: str) -> type[Task]:
     """The Task class registered under `name`."""
+    from llm.train.dpo import DpoTask
     from llm.train.pretrain import PretrainTask
+    from llm.train.reward import RewardTask
     from llm.train.sft import SftTask
 
-    tasks: dict[str, type[Task]] = {"pretrain": PretrainTask, "sft": SftTask}
+    tasks: dict[str, type[Task]] = {"pretrain": PretrainTask, "sft": SftTask,
+                                    "reward": RewardTask, "dpo": DpoTask}
     if name not in tasks:
         close = difflib.get_close_matches(name, tasks, n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
