@@ -12,6 +12,7 @@ from llm.hf import convert as hf
 from llm.train.dpo import DpoTask
 
 torch = pytest.importorskip("torch")
+trl = pytest.importorskip("trl")
 
 PAIRS, LENGTH = 3, 16
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -60,8 +61,6 @@ def trl_loss(models, tmp_path, loss_type, **dpo):
     return float(loss), trl_peer.last_metrics(trainer)
 
 
-trl = pytest.importorskip("trl")
-
 
 @pytest.mark.parametrize("loss_type,dpo", [
     ("sigmoid", dict(beta=0.3)), ("hinge", dict(beta=0.3)), ("ipo", dict(beta=0.3)),
@@ -73,3 +72,57 @@ def test_dpo_losses_match_trl(models, tmp_path, loss_type, dpo):
     for key in METRICS:
         assert our_metrics[key] == pytest.approx(their_metrics[key], abs=1e-5), key
     assert abs(our_metrics["rewards/margins"]) > 1e-3  # the batch tells the losses apart
+
+
+def test_simpo_matches_trl_cpo(models, tmp_path):
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    beta, gamma = 2.0, 0.4
+    ours, our_metrics = our_loss(models, "simpo", beta=beta, simpo_gamma=gamma)
+    args = CPOConfig(str(tmp_path / "cpo"), loss_type="simpo", cpo_alpha=0.0, beta=beta,
+                     simpo_gamma=gamma, report_to=[], use_cpu=True, bf16=False,
+                     per_device_train_batch_size=PAIRS)
+    trainer = CPOTrainer(model=models[0], args=args, train_dataset=trl_peer.tiny_dataset(),
+                         processing_class=trl_peer.tokenizer())
+    batch = trl_peer.paired_labels(trl_peer.pair_rows(PAIRS, LENGTH)["trl"], PAIRS)
+    with torch.no_grad():
+        theirs, their_metrics = trainer.get_batch_loss_metrics(trainer.model, batch)
+    assert ours == pytest.approx(float(theirs), abs=1e-5)
+    for key in METRICS:
+        assert our_metrics[key] == pytest.approx(float(their_metrics[key]), abs=1e-5), key
+
+
+def test_orpo_odds_ratio_matches_trl(models, tmp_path):
+    """The odds-ratio term and the metrics agree; the SFT term differs by design: TRL's ORPO
+    takes the NLL over the chosen row's prompt and answer, ours over the answer only (the
+    issue's 'SFT loss on the chosen answer'), so each side's own NLL is taken out."""
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    beta = 0.25
+    ours, our_metrics = our_loss(models, "orpo", beta=beta)
+    args = ORPOConfig(str(tmp_path / "orpo"), beta=beta, report_to=[], use_cpu=True,
+                      bf16=False, per_device_train_batch_size=PAIRS)
+    trainer = ORPOTrainer(model=models[0], args=args, train_dataset=trl_peer.tiny_dataset(),
+                          processing_class=trl_peer.tokenizer())
+    batch = trl_peer.paired_labels(trl_peer.pair_rows(PAIRS, LENGTH)["trl"], PAIRS)
+    with torch.no_grad():
+        theirs, their_metrics = trainer.get_batch_loss_metrics(trainer.model, batch)
+    assert ours - our_metrics["nll_loss"] == pytest.approx(
+        float(theirs) - float(their_metrics["nll_loss"]), abs=1e-5)
+    for key in METRICS:
+        assert our_metrics[key] == pytest.approx(float(their_metrics[key]), abs=1e-5), key
+
+
+def test_at_initialisation_sigmoid_dpo_is_log_two(models):
+    """Policy = reference: loss log 2, every implicit reward 0."""
+    from flax import nnx
+
+    _, _, ours = models
+    _, graphdef, params, _ = ours["policy"]
+    task = DpoTask(load_config("configs/dpo.py:model=tiny", ["dpo.beta=0.3"]))
+    policy = nnx.merge(graphdef, params)
+    loss_sum, sums = task.loss(policy, {"reference": policy},
+                               trl_peer.pair_rows(PAIRS, LENGTH)["ours"], None)
+    assert float(loss_sum) / PAIRS == pytest.approx(np.log(2), abs=1e-6)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert float(sums[key]) == 0.0

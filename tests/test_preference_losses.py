@@ -27,7 +27,8 @@ def log_sig(x):
 
 
 def deltas():
-    return [(pc - rc) - (pr - rr) for pc, rc, pr, rr in zip(POLICY_C, REF_C, POLICY_R, REF_R)]
+    return [(pc - rc) - (pr - rr)
+            for pc, rc, pr, rr in zip(POLICY_C, REF_C, POLICY_R, REF_R, strict=True)]
 
 
 def check(got, expected):
@@ -55,25 +56,27 @@ def test_hinge_and_robust():
 
 def test_ipo_is_length_normalised():
     avg = [(pc - rc) / nc - (pr - rr) / nr
-           for pc, rc, pr, rr, nc, nr in zip(POLICY_C, REF_C, POLICY_R, REF_R, N_C, N_R)]
+           for pc, rc, pr, rr, nc, nr in zip(POLICY_C, REF_C, POLICY_R, REF_R, N_C, N_R,
+                                             strict=True)]
     check(losses.dpo_ipo(jnp.asarray(avg), BETA), [(a - 1 / (2 * BETA)) ** 2 for a in avg])
 
 
 def test_simpo():
     gamma = 0.3
-    avg = [pc / nc - pr / nr for pc, pr, nc, nr in zip(POLICY_C, POLICY_R, N_C, N_R)]
+    avg = [pc / nc - pr / nr for pc, pr, nc, nr in zip(POLICY_C, POLICY_R, N_C, N_R, strict=True)]
     check(losses.simpo(jnp.asarray(avg), BETA, gamma),
           [-log_sig(BETA * a - gamma) for a in avg])
 
 
 def test_orpo_odds_ratio():
-    avg_c = [pc / nc for pc, nc in zip(POLICY_C, N_C)]
-    avg_r = [pr / nr for pr, nr in zip(POLICY_R, N_R)]
+    avg_c = [pc / nc for pc, nc in zip(POLICY_C, N_C, strict=True)]
+    avg_r = [pr / nr for pr, nr in zip(POLICY_R, N_R, strict=True)]
 
     def log_odds(p):
         return p - math.log(1 - math.exp(p))
 
-    expected = [-BETA * log_sig(log_odds(c) - log_odds(r)) for c, r in zip(avg_c, avg_r)]
+    expected = [-BETA * log_sig(log_odds(c) - log_odds(r))
+                for c, r in zip(avg_c, avg_r, strict=True)]
     check(losses.orpo_odds_ratio(jnp.asarray(avg_c), jnp.asarray(avg_r), BETA), expected)
 
 
@@ -88,21 +91,21 @@ def test_bradley_terry_with_margin_and_centring():
     check(losses.bradley_terry(jnp.asarray(chosen), jnp.asarray(rejected), jnp.asarray(margin),
                                coef),
           [-log_sig(c - r - m) + coef * (c + r) ** 2
-           for c, r, m in zip(chosen, rejected, margin)])
+           for c, r, m in zip(chosen, rejected, margin, strict=True)])
     check(losses.bradley_terry(jnp.asarray(chosen), jnp.asarray(rejected)),
-          [-log_sig(c - r) for c, r in zip(chosen, rejected)])
+          [-log_sig(c - r) for c, r in zip(chosen, rejected, strict=True)])
 
 
 def test_kto_with_reference_point():
     logratio = [0.4, -0.3, 1.2, -0.8]
     desirable = [1, 0, 1, 0]
     kl_policy, kl_ref = [-3.0, -2.0, -4.0, -1.0], [-3.5, -2.2, -3.9, -1.2]
-    z = max(0.0, sum(p - r for p, r in zip(kl_policy, kl_ref)) / 4)
+    z = max(0.0, sum(p - r for p, r in zip(kl_policy, kl_ref, strict=True)) / 4)
     wd, wu = 1.0, 1.5
     kl = losses.kto_reference_point(jnp.asarray(kl_policy), jnp.asarray(kl_ref))
     check(kl, z)
     expected = [wd * (1 - sig(BETA * (r - z))) if d else wu * (1 - sig(BETA * (z - r)))
-                for r, d in zip(logratio, desirable)]
+                for r, d in zip(logratio, desirable, strict=True)]
     check(losses.kto(jnp.asarray(logratio), jnp.asarray(desirable), kl, BETA, wd, wu),
           expected)
     # z is clamped at zero when the policy is below the reference on mismatched pairs

@@ -84,3 +84,16 @@ def tiny_dataset():
 def last_metrics(trainer) -> dict:
     """The metrics TRL logged for the last computed batch."""
     return {k: v[-1] for k, v in trainer._metrics["train"].items() if v}
+
+
+def paired_labels(trl_inputs: dict, pairs: int) -> dict:
+    """The same rows in the layout of TRL's CPO / ORPO trainers (`chosen_input_ids`, ...,
+    labels -100 outside the completion)."""
+    ids, attention, completion = (trl_inputs[k] for k in
+                                  ("input_ids", "attention_mask", "completion_mask"))
+    labels = ids.masked_fill(completion == 0, -100)
+    out = {}
+    for name, rows in (("chosen", slice(0, pairs)), ("rejected", slice(pairs, 2 * pairs))):
+        out.update({f"{name}_input_ids": ids[rows], f"{name}_attention_mask": attention[rows],
+                    f"{name}_labels": labels[rows]})
+    return out

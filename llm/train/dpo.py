@@ -61,10 +61,14 @@ def pair_loss(name: str, dpo, logps: dict) -> jax.Array:
         return losses.dpo_robust(delta_P, dpo.beta, dpo.label_smoothing)
     if name == "simpo":
         return losses.simpo(avg_c_P - avg_r_P, dpo.beta, dpo.simpo_gamma, dpo.label_smoothing)
-    if name == "orpo":  # the SFT NLL on chosen tokens: its batch mean, once per pair
-        nll = -jnp.sum(logps["chosen"]) / jnp.maximum(jnp.sum(logps["chosen_n"]), 1.0)
-        return nll + losses.orpo_odds_ratio(avg_c_P, avg_r_P, dpo.beta)
+    if name == "orpo":  # + the SFT NLL on the chosen answers' tokens (their batch mean)
+        return orpo_nll(logps) + losses.orpo_odds_ratio(avg_c_P, avg_r_P, dpo.beta)
     raise ValueError(f"dpo.loss_type: unknown {name!r}")
+
+
+def orpo_nll(logps: dict) -> jax.Array:
+    """ORPO's SFT term: mean NLL over the chosen answers' tokens of the (micro-)batch."""
+    return -jnp.sum(logps["chosen"]) / jnp.maximum(jnp.sum(logps["chosen_n"]), 1.0)
 
 
 def both_rows(batch: dict, key: str) -> jax.Array:
@@ -165,15 +169,17 @@ class DpoTask(PreferenceTask):
             logps["chosen_ratio"] = logps["chosen"] - ref_2P[:pairs]
             logps["rejected_ratio"] = logps["rejected"] - ref_2P[pairs:]
             rewards = (logps["chosen_ratio"], logps["rejected_ratio"])
-        else:  # SimPO / ORPO report β times the mean token log-prob, as TRL's CPO does
+            shown = (logps["chosen"], logps["rejected"])
+        else:  # SimPO / ORPO work on (and, as TRL's CPO and ORPO, report) mean token log-probs
             logps["chosen_ratio"] = logps["rejected_ratio"] = jnp.zeros_like(logps["chosen"])
-            rewards = (logps["chosen"] / jnp.maximum(logps["chosen_n"], 1.0),
-                       logps["rejected"] / jnp.maximum(logps["rejected_n"], 1.0))
+            rewards = shown = (logps["chosen"] / jnp.maximum(logps["chosen_n"], 1.0),
+                               logps["rejected"] / jnp.maximum(logps["rejected_n"], 1.0))
         dpo = self.config.dpo
         loss_P = sum(weight * pair_loss(name, dpo, logps)
                      for name, weight in zip(self.loss_types, self.loss_weights, strict=True))
-        metrics = preference_metrics(dpo.beta * rewards[0], dpo.beta * rewards[1],
-                                     logps["chosen"], logps["rejected"])
+        metrics = preference_metrics(dpo.beta * rewards[0], dpo.beta * rewards[1], *shown)
+        if "orpo" in self.loss_types:
+            metrics["nll_loss"] = jax.lax.stop_gradient(orpo_nll(logps)) * pairs
         return jnp.sum(loss_P), {**metrics, "weight": jnp.asarray(pairs, jnp.float32)}
 
     def evaluate(self, models, step):
