@@ -51,6 +51,30 @@ def sequence_scores(model, tokens_BT: jax.Array, positions_BT: jax.Array,
     return getattr(model, HEAD)(h_BD)[..., 0].astype(jnp.float32)
 
 
+def check_reward_model(init_from: str) -> None:
+    """One clear error when `init_from` holds no score head (it is not a reward model)."""
+    import json
+    import pathlib
+
+    from llm import loading
+
+    if init_from.startswith("hf:"):
+        path = pathlib.Path(init_from[3:]) / "config.json"
+        try:
+            archs = json.loads(path.read_text()).get("architectures") or []
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"init_from={init_from}: cannot read {path} ({error})") from None
+        if not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise ValueError(f"init_from={init_from}: {path} declares architectures={archs}, "
+                             "no *ForSequenceClassification score head: not a reward model")
+        return
+    config_file, config = loading.step_config(loading.resolve_step_dir(init_from))
+    if config.get("task") != "reward":
+        raise ValueError(f"init_from={init_from}: {config_file} is a {config.get('task')!r} "
+                         "run with no score head; score with a reward model "
+                         "(scripts/train.py --config=configs/reward.py)")
+
+
 @dataclasses.dataclass
 class Scorer:
     """Scores chat rows with a reward model, in fixed-shape batches (one compile)."""
@@ -72,9 +96,8 @@ class Scorer:
         from llm.data.tokenizer import Tokenizer
         from llm.loading import load_model
 
+        check_reward_model(init_from)
         loaded = load_model(init_from, mesh, rules, build=add_score_head)
-        if not has_score_head(nnx.merge(loaded.graphdef, loaded.params)):
-            raise ValueError(f"init_from={init_from}: no score head (not a reward model)")
         if loaded.tokenizer_dir is None:
             raise ValueError(f"init_from={init_from}: no tokenizer/ directory beside it")
         return cls(loaded.graphdef, loaded.params, Tokenizer.load(loaded.tokenizer_dir),
@@ -113,3 +136,49 @@ class Scorer:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         return [float(s) for s in self.score_ids(
             [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)])]
+
+
+def read_rows(path: str) -> list[dict]:
+    """`prompt`/`response` or `prompt`/`chosen`/`rejected` rows of a JSONL file; a bad line
+    is one ValueError naming the file, the line and the key."""
+    import json
+
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError as error:
+        raise ValueError(f"--config.input_file={path!r}: {error.strerror}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number}: not valid JSON ({error.msg})") from None
+        keys = ("response",) if isinstance(row, dict) and "response" in row else (
+            "chosen", "rejected")
+        for key in ("prompt", *keys):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                raise ValueError(f"{path} line {number}: expected a string {key!r} (rows are "
+                                 "prompt/response or prompt/chosen/rejected)")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows (the file is empty)")
+    return rows
+
+
+def score_rows(scorer: Scorer, rows: list[dict]) -> list[dict]:
+    """Each row with `score` (prompt/response) or `chosen_score` and `rejected_score`."""
+    texts = []
+    for row in rows:
+        keys = ("response",) if "response" in row else ("chosen", "rejected")
+        texts += [(row["prompt"], row[key]) for key in keys]
+    scores = iter(scorer.score([p for p, _ in texts], [r for _, r in texts]))
+    out = []
+    for row in rows:
+        if "response" in row:
+            out.append({**row, "score": next(scores)})
+        else:
+            out.append({**row, "chosen_score": next(scores), "rejected_score": next(scores)})
+    return out

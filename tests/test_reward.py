@@ -64,3 +64,28 @@ def test_scorer_ranks_held_out_rows(reward_run):
     prompts = [f"name three colours ({1000 + i})" for i in range(10)]
     good, bad = scorer.score(prompts, warm), scorer.score(prompts, cold)
     assert np.mean(np.greater(good, bad)) >= 0.9
+
+
+@pytest.mark.slow
+def test_score_script_writes_scores_and_refuses_overwrite(reward_run, tmp_path):
+    import subprocess
+    import sys
+
+    workdir, _, _ = reward_run
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "name three colours (9000)",
+                                "response": "red gold ruby"}) + "\n"
+                    + json.dumps({"prompt": "name three colours (9001)",
+                                  "chosen": "coral rose peach", "rejected": "ice mint navy"})
+                    + "\n")
+    out = tmp_path / "scored.jsonl"
+    command = [sys.executable, "scripts/score.py", "--config=configs/score.py",
+               f"--config.init_from={workdir}", f"--config.input_file={rows}",
+               f"--config.output_file={out}", "--config.seq_len=64", "--config.batch_size=8"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert isinstance(scored[0]["score"], float)
+    assert scored[1]["chosen_score"] > scored[1]["rejected_score"]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "never overwritten" in again.stderr
