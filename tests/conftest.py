@@ -8,9 +8,19 @@ import os
 import pathlib
 import tempfile
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(pathlib.Path(tempfile.gettempdir()) / "llm-test-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+@pytest.fixture(scope="session")
+def sft_arithmetic(tmp_path_factory):
+    """The demo's tiny SFT arithmetic model (tests/arithmetic_start.py), built once a session."""
+    import arithmetic_start
+
+    return arithmetic_start.build(tmp_path_factory.mktemp("sft_arithmetic"))

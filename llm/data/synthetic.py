@@ -1,10 +1,15 @@
 """Synthetic-data generators (a registry), starting with verifiable arithmetic.
 
-`generate('arithmetic', out_dir, n=..., difficulty=..., seed=...)` writes three files:
+`generate('arithmetic', out_dir, n=..., difficulty=..., seed=..., heldout=k)` writes:
 
   sft.jsonl         {"messages": [user question, assistant answer]}
   preference.jsonl  {"prompt", "chosen" (right answer), "rejected" (a near miss)}
   rl.jsonl          {"prompt", "answer"}
+  heldout.jsonl     {"prompt", "answer"}: k distinct questions (only when k > 0)
+
+Held-out questions are drawn first and no training row asks one of them, compared by exact
+prompt: easy difficulties have few distinct questions (200 at difficulty 1), so two draws
+repeat often and n-gram decontamination cannot see a five-word prompt.
 
 `check_arithmetic_answer(completion, answer)` is the exact-answer verifier used by the demo
 and RL rewards. `register` adds generators.
@@ -23,7 +28,7 @@ import json
 import pathlib
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from typing import Any
 
 from llm.data import DataError
@@ -32,21 +37,23 @@ GENERATORS: dict[str, Callable] = {}
 
 
 def register(name: str):
-    """Decorator adding a generator `fn(out_dir, n, difficulty, seed) -> dict[str, Path]`."""
+    """Decorator adding a generator `fn(out_dir, n, difficulty, seed, heldout) -> dict`."""
     def wrap(fn):
         GENERATORS[name] = fn
         return fn
     return wrap
 
 
-def generate(name: str, out_dir, n: int = 1000, difficulty: int = 1, seed: int = 0
-             ) -> dict[str, pathlib.Path]:
+def generate(name: str, out_dir, n: int = 1000, difficulty: int = 1, seed: int = 0,
+             heldout: int = 0) -> dict[str, pathlib.Path]:
     """Run a registered generator; returns the files it wrote by role."""
     if name not in GENERATORS:
         raise DataError(f"unknown synthetic generator {name!r}; have {sorted(GENERATORS)}")
+    if heldout < 0:
+        raise DataError(f"heldout must be >= 0, got {heldout}")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return GENERATORS[name](out, n, difficulty, seed)
+    return GENERATORS[name](out, n, difficulty, seed, heldout)
 
 
 def arithmetic_problem(rng: random.Random, difficulty: int) -> tuple[str, int]:
@@ -85,15 +92,40 @@ def check_arithmetic_answer(completion: str, answer) -> bool:
         return False
 
 
+def _problems(rng: random.Random, difficulty: int, skip: Container[str]
+              ) -> Iterator[tuple[str, int]]:
+    """Problems whose question is not in `skip`; a DataError when they run out."""
+    misses = 0
+    while True:
+        question, answer = arithmetic_problem(rng, difficulty)
+        if question not in skip:
+            misses = 0
+            yield question, answer
+        elif (misses := misses + 1) > 10_000:
+            raise DataError(f"difficulty {difficulty} has too few distinct questions left "
+                            f"once {len(skip)} are held out; lower heldout")
+
+
 @register("arithmetic")
-def arithmetic(out: pathlib.Path, n: int, difficulty: int, seed: int) -> dict[str, pathlib.Path]:
-    """Write SFT, preference and RL files of n arithmetic questions each."""
+def arithmetic(out: pathlib.Path, n: int, difficulty: int, seed: int, heldout: int = 0
+               ) -> dict[str, pathlib.Path]:
+    """Write SFT, preference and RL files of n arithmetic questions each (plus held-out)."""
     rng = random.Random(seed)
+    held: dict[str, int] = {}
+    for question, answer in _problems(rng, difficulty, held):
+        if len(held) == heldout:
+            break
+        held[question] = answer
     paths = {k: out / f"{k}.jsonl" for k in ("sft", "preference", "rl")}
-    files = {k: open(p, "w") for k, p in paths.items()}  # noqa: SIM115 - closed below
+    if heldout:
+        paths["heldout"] = out / "heldout.jsonl"
+        paths["heldout"].write_text("".join(json.dumps({"prompt": q, "answer": str(a)}) + "\n"
+                                            for q, a in held.items()))
+    files = {k: open(paths[k], "w") for k in ("sft", "preference", "rl")}  # noqa: SIM115
+    problems = _problems(rng, difficulty, held)
     try:
         for _ in range(n):
-            question, answer = arithmetic_problem(rng, difficulty)
+            question, answer = next(problems)
             wrong = answer + rng.choice([-10, -2, -1, 1, 2, 10])
             files["sft"].write(json.dumps({"messages": [
                 {"role": "user", "content": question},

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from llm.demo.context import Context
 
 NAME = "sft"
@@ -24,17 +22,8 @@ def run(ctx: Context) -> dict:
 
     workdir = ctx.workdir
     files = synthetic.generate("arithmetic", workdir / "arithmetic", n=4000, difficulty=1,
-                               seed=0)
-    held_out = synthetic.generate("arithmetic", workdir / "arithmetic_eval", n=200,
-                                  difficulty=1, seed=1)["rl"]
-    # Single-digit problems repeat: hold out distinct questions and train on the rest only.
-    eval_rows = list({r["prompt"]: r for r in map(json.loads, held_out.read_text()
-                                                   .splitlines())}.values())[:EVAL_QUESTIONS]
-    held_out.write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
-    unseen = {r["prompt"] for r in eval_rows}
-    train_lines = [line for line in files["sft"].read_text().splitlines()
-                   if json.loads(line)["messages"][0]["content"] not in unseen]
-    files["sft"].write_text("".join(line + "\n" for line in train_lines))
+                               seed=0, heldout=EVAL_QUESTIONS)
+    held_out = files["heldout"]
     base = load_model(str(workdir / "pretrain"))
     tokenizer = Tokenizer.load(base.tokenizer_dir)
     rows = read_eval_rows(str(held_out))

@@ -91,22 +91,31 @@ def read_eval_rows(path: str) -> list[dict]:
 
 
 def answer_accuracy(model, tokenizer, rows: list[dict], verifier: str,
-                    max_new_tokens: int) -> float:
-    """Fraction of rows whose greedy chat completion the named verifier accepts."""
+                    max_new_tokens: int, *, samples: int = 1, temperature: float = 0.0,
+                    seed: int = 0) -> float:
+    """Mean over rows and `samples` chat completions each of the verifier's acceptance.
+
+    Greedy by default; with `temperature` > 0, completion j of row i is sampled with seed
+    `seed + j * len(rows) + i`, so a result is reproducible from (seed, rows).
+    """
     from flax import nnx
 
     from llm.sampling.sampler import chat_sampler
 
     if verifier not in rewards.names():
         raise ValueError(f"sft.eval_verifier={verifier!r}: expected one of {rewards.names()}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
     if not rows:
         return 0.0
     graphdef, params = nnx.split(model)
     sampler, end_ids = chat_sampler(graphdef, params, tokenizer)
     prompts = [sampler.chat_template([{"role": "user", "content": str(r["prompt"])}])
-               for r in rows]
-    completions = sampler.complete(prompts, temperature=0.0, max_new_tokens=max_new_tokens,
-                                   stop_token_ids=end_ids)
-    scores = rewards.score(verifier, [str(r["prompt"]) for r in rows],
-                           [c.text for c in completions], answer=[r["answer"] for r in rows])
+               for r in rows] * samples
+    completions = sampler.complete(prompts, temperature=temperature,
+                                   max_new_tokens=max_new_tokens, stop_token_ids=end_ids,
+                                   seed=[seed + i for i in range(len(prompts))])
+    scores = rewards.score(verifier, [str(r["prompt"]) for r in rows] * samples,
+                           [c.text for c in completions],
+                           answer=[r["answer"] for r in rows] * samples)
     return float(np.mean([score > 0 for score in scores]))

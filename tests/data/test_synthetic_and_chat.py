@@ -33,6 +33,31 @@ def test_answers_are_right(tmp_path, difficulty):
         synthetic.generate("nope", tmp_path)
 
 
+def test_heldout_questions_never_appear_in_training_files(tmp_path):
+    # Difficulty 1 has 200 distinct questions, so 4000 draws repeat every one of them often.
+    paths = synthetic.generate("arithmetic", tmp_path, n=4000, difficulty=1, seed=0,
+                               heldout=40)
+    held = [json.loads(line) for line in paths["heldout"].read_text().splitlines()]
+    prompts = {r["prompt"] for r in held}
+    assert len(held) == len(prompts) == 40
+    rows = {k: [json.loads(line) for line in paths[k].read_text().splitlines()]
+            for k in ("sft", "preference", "rl")}
+    assert all(len(r) == 4000 for r in rows.values())
+    trained = ({r["messages"][0]["content"] for r in rows["sft"]}
+               | {r["prompt"] for r in rows["preference"]} | {r["prompt"] for r in rows["rl"]})
+    assert not trained & prompts
+    assert len(trained) == 160  # every other question is still trained on
+    # Without the split the same generator does ask them.
+    plain = synthetic.generate("arithmetic", tmp_path / "plain", n=4000, difficulty=1, seed=0)
+    assert prompts <= {json.loads(line)["prompt"] for line in plain["rl"].read_text()
+                       .splitlines()}
+
+
+def test_too_many_heldout_questions_is_one_error(tmp_path):
+    with pytest.raises(DataError, match="too few distinct questions"):
+        synthetic.generate("arithmetic", tmp_path, n=10, difficulty=1, heldout=200)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("syn")
