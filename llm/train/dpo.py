@@ -101,15 +101,78 @@ def preference_metrics(chosen_rewards_P, rejected_rewards_P, chosen_logps_P,
             "logps/rejected": jnp.sum(jax.lax.stop_gradient(rejected_logps_P))}
 
 
+def report_long_pairs(prepared, workdir, seq_len: int, mode: str, key: str) -> int:
+    """Count, print and list (`workdir/removed_pairs.jsonl`, `removed_row` rows) the train
+    and validation pairs longer than seq_len; returns the train split's count."""
+    import json
+    import pathlib
+
+    from llm.data import DataError, loaders
+    from llm.data.report import removed_row
+
+    rows, counts = [], {}
+    for split in ("train", "validation"):
+        try:
+            chosen, rejected = loaders.preference_records(prepared, split)
+        except DataError:  # no such split
+            continue
+        long = loaders.long_pairs(chosen, rejected, seq_len)
+        counts[split] = len(long)
+        rows += [removed_row(f"{prepared}/{split}", int(i), "load", f"too_long:{mode}",
+                             value=int(max(chosen.lengths[i], rejected.lengths[i])),
+                             threshold=seq_len) for i in long]
+    if rows and jax.process_index() == 0:
+        print(f"{key}={mode}: {counts} pairs longer than seq_len={seq_len} "
+              f"{'left out' if mode == 'skip' else 'truncated (' + mode + ')'}; listed in "
+              f"{pathlib.Path(workdir) / 'removed_pairs.jsonl'}", flush=True)
+        target = pathlib.Path(workdir) / "removed_pairs.jsonl"
+        tmp = target.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(target)
+    return counts.get("train", 0)
+
+
 class PreferenceTask(PretrainTask):
-    """Prepared preference pairs (`chosen_*` / `rejected_*` rows) as the training data."""
+    """Prepared preference pairs (`chosen_*` / `rejected_*` rows) as the training data.
+
+    A pair longer than `seq_len` is never cut silently: `<task>.truncation_mode` is 'skip'
+    (left out), 'keep_start' or 'keep_end' (TRL's names); either way each such pair is
+    counted, printed and listed in `workdir/removed_pairs.jsonl`.
+    """
 
     kind = "preference"
 
+    @property
+    def truncation_mode(self) -> str:
+        """How pairs longer than seq_len are handled (this task's section's key)."""
+        return self.config[self.name].truncation_mode
+
+    def check_truncation(self) -> None:
+        """`<task>.truncation_mode` is one the loader knows."""
+        from llm.data.loaders import TRUNCATION_MODES
+
+        if self.truncation_mode not in TRUNCATION_MODES:
+            raise ValueError(f"{self.name}.truncation_mode={self.truncation_mode!r}: expected "
+                             f"one of {', '.join(TRUNCATION_MODES)}")
+
     def loader(self):
+        import functools
+
         from llm.data import loaders
 
-        return loaders.preference_loader
+        return functools.partial(loaders.preference_loader,
+                                 truncation_mode=self.truncation_mode)
+
+    def datasets(self, config, mesh, workdir):
+        train, held_out = super().datasets(config, mesh, workdir)
+        long = report_long_pairs(self.prepared_dir, workdir, config.seq_len,
+                                 self.truncation_mode, f"{self.name}.truncation_mode")
+        if self.truncation_mode == "skip" and train.batches_per_epoch:
+            from llm.data import loaders
+
+            pairs = len(loaders.preference_records(self.prepared_dir, "train")[0])
+            train.batches_per_epoch = (pairs - long) // config.batch_size
+        return train, held_out
 
     def base_tokenizer(self) -> str:
         """Pairs are tokenised with the starting model's vocabulary."""
@@ -133,6 +196,7 @@ class DpoTask(PreferenceTask):
 
     def check(self) -> None:
         """The `dpo.*` keys, before any data is prepared."""
+        self.check_truncation()
         dpo = self.config.dpo
         if dpo.beta <= 0:
             raise ValueError(f"dpo.beta={dpo.beta}: expected > 0")

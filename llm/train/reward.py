@@ -33,6 +33,7 @@ class RewardTask(PreferenceTask):
 
     def check(self) -> None:
         """The `reward.*` keys."""
+        self.check_truncation()
         if self.config.reward.center_rewards_coefficient < 0:
             raise ValueError(f"reward.center_rewards_coefficient="
                              f"{self.config.reward.center_rewards_coefficient}: expected >= 0")
