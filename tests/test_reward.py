@@ -89,3 +89,37 @@ def test_score_script_writes_scores_and_refuses_overwrite(reward_run, tmp_path):
     assert scored[1]["chosen_score"] > scored[1]["rejected_score"]
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "never overwritten" in again.stderr
+
+
+@pytest.mark.slow
+def test_lora_reward_model_loads_with_its_trained_head(tmp_path):
+    """load_model of a LoRA-trained reward run restores the adapters and the trained score
+    head (the base comes from the run's init_from), so the scorer ranks as training did."""
+    from llm.scoring import Scorer
+
+    data = write_rule_pairs(tmp_path / "pairs.jsonl")
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": row["prompt"]},
+        {"role": "assistant", "content": row["chosen"]}]}) + "\n"
+        for row in map(json.loads, data.read_text().splitlines())))
+    base = tmp_path / "base"
+    train(load_config("configs/sft.py:model=tiny", [
+        f"workdir={base}", f"data.path={chat}", "data.tokenizer.vocab_size=300",
+        "data.num_workers=0", "batch_size=16", "seq_len=64", "total_steps=2",
+        "eval.every_steps=0", "checkpoint.every_steps=2", "mesh.shape={'data': 8}"]))
+    run = tmp_path / "lora"
+    config = reward_config(run, data, f"init_from={base}", "total_steps=80",
+                           "optim.lr=3e-3", "eval.every_steps=80", "checkpoint.every_steps=80")
+    config.peft.method = "lora"
+    result = train(config)
+    scorer = Scorer.load(str(run), seq_len=64, batch_size=8)
+    rng = random.Random(3)
+    prompts = [f"name three colours ({2000 + i})" for i in range(10)]
+    good = scorer.score(prompts, [" ".join(rng.sample(WARM, 3)) for _ in range(10)])
+    bad = scorer.score(prompts, [" ".join(rng.sample(COLD, 3)) for _ in range(10)])
+    # A fresh (untrained) head would score near zero margin; the loaded one ranks as the
+    # run's held-out evaluation measured.
+    assert result["eval_accuracy"] >= 0.8, result
+    assert np.mean(np.subtract(good, bad)) > 0.5 * result["eval_rewards/margins"] > 0
+    assert np.mean(np.greater(good, bad)) >= 0.8
