@@ -118,7 +118,7 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
         from llm.hf import convert as hf
 
         model_cfg, graphdef, params, tokenizer_dir = hf.import_hf(init_from[3:], mesh=mesh,
-                                                                  rules=rules)
+                                                                  rules=rules, build=build)
         return LoadedModel(model_cfg, graphdef, params, tokenizer_dir)
     step_dir = resolve_step_dir(init_from)
     config_file, config = step_config(step_dir)

@@ -49,7 +49,7 @@ def test_reward_model_learns_a_rule(reward_run):
     _, result, _ = reward_run
     # 120 steps x 16 pairs from scratch: held-out pairs (the validation split) ranked right.
     assert result["eval_accuracy"] >= 0.9, result
-    assert result["eval_rewards/margins"] > 0
+    assert result["eval_margin"] > 0
 
 
 @pytest.mark.slow
@@ -121,5 +121,39 @@ def test_lora_reward_model_loads_with_its_trained_head(tmp_path):
     # A fresh (untrained) head would score near zero margin; the loaded one ranks as the
     # run's held-out evaluation measured.
     assert result["eval_accuracy"] >= 0.8, result
-    assert np.mean(np.subtract(good, bad)) > 0.5 * result["eval_rewards/margins"] > 0
+    assert np.mean(np.subtract(good, bad)) > 0.5 * result["eval_margin"] > 0
     assert np.mean(np.greater(good, bad)) >= 0.8
+
+
+@pytest.mark.slow
+def test_export_as_sequence_classifier_scores_as_transformers(reward_run, tmp_path):
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from llm.scoring import Scorer
+
+    workdir, _, _ = reward_run
+    out = tmp_path / "hf_rm"
+    proc = subprocess.run([sys.executable, "scripts/convert_hf.py", "--mode=export",
+                           f"--checkpoint={workdir}", f"--hf_dir={out}", "--dtype=float32"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    assert config["num_labels"] == 1 and config["pad_token_id"] != config["eos_token_id"]
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    scorer = Scorer.load(str(workdir), seq_len=64, batch_size=8)
+    rows = [scorer.encode(f"name three colours ({i})", " ".join(WARM[i:i + 3]))
+            for i in range(4)]
+    ids = np.full((4, max(map(len, rows))), config["pad_token_id"], np.int64)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = row
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor(ids),
+                       attention_mask=torch.tensor(ids != config["pad_token_id"])).logits
+    np.testing.assert_allclose(scorer.score_ids(rows), theirs[:, 0].numpy(), atol=1e-4)
+    # and back: the export imports as a reward model that scores the same
+    again = Scorer.load(f"hf:{out}", seq_len=64, batch_size=8)
+    np.testing.assert_allclose(again.score_ids(rows), scorer.score_ids(rows), atol=1e-5)
