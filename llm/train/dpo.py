@@ -20,7 +20,7 @@ from llm.train import sft
 from llm.train.pretrain import PretrainTask
 from llm.train.task import REFERENCE
 
-REFERENCE_FREE = ("simpo", "orpo")
+REFERENCE_FREE = ("simpo", "orpo", "sft")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", *REFERENCE_FREE)
 
 
@@ -61,13 +61,16 @@ def pair_loss(name: str, dpo, logps: dict) -> jax.Array:
         return losses.dpo_robust(delta_P, dpo.beta, dpo.label_smoothing)
     if name == "simpo":
         return losses.simpo(avg_c_P - avg_r_P, dpo.beta, dpo.simpo_gamma, dpo.label_smoothing)
+    if name == "sft":
+        return chosen_nll(logps)
     if name == "orpo":  # + the SFT NLL on the chosen answers' tokens (their batch mean)
-        return orpo_nll(logps) + losses.orpo_odds_ratio(avg_c_P, avg_r_P, dpo.beta)
+        return chosen_nll(logps) + losses.orpo_odds_ratio(avg_c_P, avg_r_P, dpo.beta)
     raise ValueError(f"dpo.loss_type: unknown {name!r}")
 
 
-def orpo_nll(logps: dict) -> jax.Array:
-    """ORPO's SFT term: mean NLL over the chosen answers' tokens of the (micro-)batch."""
+def chosen_nll(logps: dict) -> jax.Array:
+    """The SFT term (TRL's `sft` loss type, ORPO's NLL): mean NLL over the chosen answers'
+    tokens of the (micro-)batch."""
     return -jnp.sum(logps["chosen"]) / jnp.maximum(jnp.sum(logps["chosen_n"]), 1.0)
 
 
@@ -242,8 +245,8 @@ class DpoTask(PreferenceTask):
         loss_P = sum(weight * pair_loss(name, dpo, logps)
                      for name, weight in zip(self.loss_types, self.loss_weights, strict=True))
         metrics = preference_metrics(dpo.beta * rewards[0], dpo.beta * rewards[1], *shown)
-        if "orpo" in self.loss_types:
-            metrics["nll_loss"] = jax.lax.stop_gradient(orpo_nll(logps)) * pairs
+        if {"orpo", "sft"} & set(self.loss_types):
+            metrics["nll_loss"] = jax.lax.stop_gradient(chosen_nll(logps)) * pairs
         return jnp.sum(loss_P), {**metrics, "weight": jnp.asarray(pairs, jnp.float32)}
 
     def evaluate(self, models, step):
