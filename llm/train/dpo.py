@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from llm import losses
-from llm.train import sft
 from llm.train.pretrain import PretrainTask
+from llm.train.sft import answer_accuracy, base_tokenizer_dir, read_eval_rows
 from llm.train.task import REFERENCE
 
 REFERENCE_FREE = ("simpo", "orpo", "sft")
@@ -179,7 +179,7 @@ class PreferenceTask(PretrainTask):
 
     def base_tokenizer(self) -> str:
         """Pairs are tokenised with the starting model's vocabulary."""
-        tokenizer_dir = sft.base_tokenizer_dir(self.config.init_from)
+        tokenizer_dir = base_tokenizer_dir(self.config.init_from)
         return str(tokenizer_dir) if tokenizer_dir is not None else ""
 
     def count(self, batch):
@@ -208,7 +208,7 @@ class DpoTask(PreferenceTask):
             raise ValueError(f"dpo.label_smoothing={dpo.label_smoothing}: expected in "
                              f"[0, {limit})")
         if dpo.eval_file:
-            sft.read_eval_rows(dpo.eval_file)
+            read_eval_rows(dpo.eval_file)
 
     @property
     def needs_reference(self) -> bool:
@@ -259,6 +259,6 @@ class DpoTask(PreferenceTask):
         from llm.data.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(pathlib.Path(self.config.workdir) / "tokenizer")
-        rows = sft.read_eval_rows(dpo.eval_file)[: dpo.eval_examples]
-        return {"eval_answer_accuracy": sft.answer_accuracy(
+        rows = read_eval_rows(dpo.eval_file)[: dpo.eval_examples]
+        return {"eval_answer_accuracy": answer_accuracy(
             models.policy(), tokenizer, rows, dpo.eval_verifier, dpo.eval_max_new_tokens)}
