@@ -61,6 +61,7 @@ def time_step(loss_fn, params, side, batch, steps: int) -> float:
 
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
         params, opt.init(params), side, batch).compile()
+    params = jax.tree.map(jnp.copy, params)  # the step donates its arguments
     state = (params, opt.init(params))
     times = []
     for _ in range(steps + 1):  # the first is a warm-up
