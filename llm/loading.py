@@ -60,6 +60,16 @@ def resolve_step_dir(init_from: str) -> pathlib.Path:
         "directory or hf:DIR")
 
 
+def step_config(step_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """(file, contents) of the run config a checkpoint step was saved with."""
+    config_file = step_dir / "config" / "metadata"
+    if not config_file.exists():  # older layouts keep it beside the checkpoints only
+        config_file = step_dir.parent.parent / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{step_dir}: the checkpoint holds no config")
+    return config_file, json.loads(config_file.read_text())
+
+
 def run_model_values(config: dict, where: str) -> dict:
     """The ModelConfig fields a saved run trained with (its resolved section when present)."""
     values = (config.get("resolved") or {}).get("model") or config.get("model")
@@ -108,15 +118,10 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
         from llm.hf import convert as hf
 
         model_cfg, graphdef, params, tokenizer_dir = hf.import_hf(init_from[3:], mesh=mesh,
-                                                                  rules=rules)
+                                                                  rules=rules, build=build)
         return LoadedModel(model_cfg, graphdef, params, tokenizer_dir)
     step_dir = resolve_step_dir(init_from)
-    config_file = step_dir / "config" / "metadata"
-    if not config_file.exists():  # older layouts keep it beside the checkpoints only
-        config_file = step_dir.parent.parent / "config.json"
-    if not config_file.exists():
-        raise CheckpointError(f"{step_dir}: the checkpoint holds no config")
-    config = json.loads(config_file.read_text())
+    config_file, config = step_config(step_dir)
     values = {**run_model_values(config, str(config_file)), **(model_overrides or {})}
     peft_cfg = _peft_section(config)
     values.update(peft.model_config_overrides(peft_cfg))
@@ -126,16 +131,29 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
         graphdef, abstract = nnx.split(nnx.eval_shape(
             lambda: _with_heads(Transformer(model_cfg, nnx.Rngs(0)), build)))
         params = _restore_params(step_dir, abstract, mesh, rules)
-    else:  # the base is rebuilt from the run's own init_from; its adapters come from here
+    else:  # the base is rebuilt from the run's own init_from; adapters and heads from here
+        heads = head_names(model_cfg, build)
         model = build_model(model_cfg, peft_cfg, mesh, rules, seed=config.get("seed", 0),
-                            init_from=config.get("init_from", ""), build=build)
-        graphdef, adapters, rest = nnx.split(model, peft.trainable_filter(peft_cfg), ...)
+                            init_from=config.get("init_from", ""), build=build, fresh=heads)
+        trained = nnx.Any(peft.trainable_filter(peft_cfg),
+                          *(nnx.PathContains(name) for name in heads))
+        graphdef, adapters, rest = nnx.split(model, trained, ...)
         _check_base_hash(step_dir, rest, config.get("init_from"))
         adapters = _restore_params(step_dir, adapters, mesh, rules)
         graphdef, params = nnx.split(nnx.merge(graphdef, adapters, rest))
     workdir = step_dir.parent.parent
     tokenizer_dir = workdir / "tokenizer" if (workdir / "tokenizer").is_dir() else None
     return LoadedModel(model_cfg, graphdef, params, tokenizer_dir, config)
+
+
+def head_names(model_cfg: ModelConfig, build: Callable | None) -> tuple[str, ...]:
+    """The top-level modules `build` adds to a Transformer (a task's heads, e.g. a score
+    head): under PEFT they train beside the adapters, so they are restored with them."""
+    if build is None:
+        return ()
+    plain = nnx.state(nnx.eval_shape(lambda: Transformer(model_cfg, nnx.Rngs(0))))
+    built = nnx.state(nnx.eval_shape(lambda: build(Transformer(model_cfg, nnx.Rngs(0)))))
+    return tuple(sorted(set(built.keys()) - set(plain.keys())))
 
 
 def _peft_section(config: dict) -> Any:

@@ -21,7 +21,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from llm.data import chat, clean, decontaminate, dedup, sources, split
+from llm.data import chat, clean, decontaminate, dedup, preference, sources, split
 from llm.data.mixture import mixture_weights, repeats
 from llm.data.records import ShardWriter, shard_prefix
 from llm.data.report import removed_row
@@ -107,6 +107,11 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
                     removed.append(removed_row(rec.source, rec.line, stage="sft_rows",
                                                filter="no_target_tokens", value=0,
                                                threshold=1))
+                    continue
+                if rec.kind == "preference" and (problem := preference.pair_problem(fields)):
+                    counts["filters"][problem] = counts["filters"].get(problem, 0) + 1
+                    removed.append(removed_row(rec.source, rec.line, "preference_rows",
+                                               problem))
                     continue
                 key = content_key(rec.kind, fields)
                 o = order_key(fi, rec.line)
