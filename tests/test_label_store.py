@@ -138,7 +138,7 @@ def test_reward_mode_ranks_by_a_stand_in_score_with_sigmoid_confidence(tmp_path)
     assert set(got) == {(1, 0), (1, 2), (2, 0)}
     assert got[(1, 0)] == pytest.approx(0.905148, abs=1e-6)  # tanh(3 / 2)
     assert got[(2, 0)] == pytest.approx(0.462117, abs=1e-6)  # tanh(1 / 2)
-    with pytest.raises(LabelError, match="reward task's scorer"):
+    with pytest.raises(LabelError, match="label.reward_model='rm_dir'"):
         scorers.reward_scorer("rm_dir")
     with pytest.raises(LabelError, match="unknown reward"):
         scorers.verifier_scorer("arithmetik")

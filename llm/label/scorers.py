@@ -33,15 +33,18 @@ def verifier_scorer(name: str) -> Scorer:
                                                                  **fields)
 
 
-def reward_scorer(init_from: str) -> tuple[Scorer, str]:
-    """A reward model (scalar head) as a scorer, and its model hash.
+def reward_scorer(init_from: str, seq_len: int = 512, batch_size: int = 16
+                  ) -> tuple[Scorer, str]:
+    """A reward model (scalar head, `llm.scoring.Scorer`) as a scorer, and its model hash."""
+    from llm.label.judge import model_hash
+    from llm.scoring import Scorer as RewardModel
 
-    The reward model and its scorer come with the reward task (`llm/train/reward.py`),
-    which this module does not have yet: until it lands this is a clear error.
-    """
-    raise LabelError(f"--config.mode=reward (label.reward_model={init_from!r}): scoring with "
-                     "a reward model needs the reward task's scorer (llm/train/reward.py), "
-                     "which is not in this version; use mode=verifier or mode=ai")
+    try:
+        model = RewardModel.load(init_from, seq_len=seq_len, batch_size=batch_size)
+    except (OSError, ValueError) as error:
+        raise LabelError(f"label.reward_model={init_from!r}: {error}") from None
+    return (lambda prompts, completions, **fields: model.score(prompts, completions),
+            model_hash(model.params))
 
 
 def score_candidates(candidates: Sequence[Candidate], scorer: Scorer) -> list[list[float]]:

@@ -1,0 +1,51 @@
+"""Verifier-labelled pairs from the SFT model's own answers train a reward model end to end,
+and that reward model then labels in `reward` mode (issues 18 and 20 meet here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from label_helpers import read_jsonl
+
+from llm.config import load_config
+
+
+@pytest.mark.slow
+def test_verifier_labels_train_a_reward_model_that_labels_in_turn(sft_arithmetic, tmp_path):
+    from llm.label import modes
+    from llm.train.loop import train
+
+    rows = {}
+    for name in ("rl", "posttrain"):
+        for line in sft_arithmetic.files[name].read_text().splitlines():
+            row = json.loads(line)
+            rows.setdefault(row["prompt"], row)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+    out = tmp_path / "labels"
+    flags = [f"output_dir={out}", "label.num_responses=8", "label.batch_size=50",
+             "max_new_tokens=16", "temperature=1.0"]
+    modes.run(load_config("configs/label.py", [
+        "mode=sample", f"init_from={sft_arithmetic.workdir}", f"prompts_file={prompts}",
+        *flags]))
+    verified = modes.run(load_config("configs/label.py", [
+        "mode=verifier", "label.verifier=arithmetic", *flags]))
+    pairs = verified["judges"]["verifier:arithmetic"]["pairs"]
+    assert pairs >= 200, verified
+
+    result = train(load_config("configs/reward.py:model=tiny", [
+        f"workdir={tmp_path / 'rm'}", f"init_from={sft_arithmetic.workdir}",
+        f"data.path={out / 'preferences.jsonl'}", "data.split.validation=0.15",
+        "data.num_workers=0", "batch_size=16", "seq_len=64", "total_steps=150",
+        "optim.lr=3e-4", "optim.warmup_steps=10", "eval.every_steps=150", "eval.steps=4",
+        "log.every_steps=50", "checkpoint.every_steps=150", "mesh.shape={'data': 8}"]))
+    # Chance is 0.5; the reward model has to check the arithmetic to rank a pair.
+    assert result["eval_accuracy"] >= 0.7, result
+
+    by_reward = modes.run(load_config("configs/label.py", [
+        "mode=reward", f"label.reward_model={tmp_path / 'rm'}", *flags]))
+    (judge,) = [j for j in by_reward["judges"] if j.startswith("reward:")]
+    assert by_reward["judges"][judge]["pairs"] > 0
+    prefs = read_jsonl(out / "preferences.jsonl")
+    assert {r["judge"] for r in prefs} >= {"verifier:arithmetic", judge}
