@@ -60,6 +60,16 @@ def resolve_step_dir(init_from: str) -> pathlib.Path:
         "directory or hf:DIR")
 
 
+def step_config(step_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """(file, contents) of the run config a checkpoint step was saved with."""
+    config_file = step_dir / "config" / "metadata"
+    if not config_file.exists():  # older layouts keep it beside the checkpoints only
+        config_file = step_dir.parent.parent / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{step_dir}: the checkpoint holds no config")
+    return config_file, json.loads(config_file.read_text())
+
+
 def run_model_values(config: dict, where: str) -> dict:
     """The ModelConfig fields a saved run trained with (its resolved section when present)."""
     values = (config.get("resolved") or {}).get("model") or config.get("model")
@@ -111,12 +121,7 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
                                                                   rules=rules)
         return LoadedModel(model_cfg, graphdef, params, tokenizer_dir)
     step_dir = resolve_step_dir(init_from)
-    config_file = step_dir / "config" / "metadata"
-    if not config_file.exists():  # older layouts keep it beside the checkpoints only
-        config_file = step_dir.parent.parent / "config.json"
-    if not config_file.exists():
-        raise CheckpointError(f"{step_dir}: the checkpoint holds no config")
-    config = json.loads(config_file.read_text())
+    config_file, config = step_config(step_dir)
     values = {**run_model_values(config, str(config_file)), **(model_overrides or {})}
     peft_cfg = _peft_section(config)
     values.update(peft.model_config_overrides(peft_cfg))

@@ -9,11 +9,14 @@ from llm.train.task import Task
 
 def get_task(name: str) -> type[Task]:
     """The Task class registered under `name`."""
+    from llm.train.dpo import DpoTask
     from llm.train.grpo import GrpoTask
     from llm.train.pretrain import PretrainTask
+    from llm.train.reward import RewardTask
     from llm.train.sft import SftTask
 
-    tasks: dict[str, type[Task]] = {"pretrain": PretrainTask, "sft": SftTask, "grpo": GrpoTask}
+    tasks: dict[str, type[Task]] = {"pretrain": PretrainTask, "sft": SftTask,
+                                    "reward": RewardTask, "dpo": DpoTask, "grpo": GrpoTask}
     if name not in tasks:
         close = difflib.get_close_matches(name, tasks, n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

@@ -1,0 +1,197 @@
+"""DPO and its relatives on preference pairs: sigmoid (cDPO with label smoothing), IPO,
+hinge, robust, and the reference-free SimPO and ORPO; `dpo.loss_type` takes one name or a
+comma-separated list weighted by `dpo.loss_weights`, as TRL's `loss_type` list does.
+
+A batch holds `chosen_*` and `rejected_*` rows (llm/data/loaders.preference_loader); both
+run in one forward pass (concatenated on the batch axis), and log-probs sum over completion
+tokens only (the loss mask). The reference is the frozen starting model (REFERENCE: under
+LoRA / QLoRA / prefix the same base with adapters off). Metrics carry TRL's names:
+`rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies`,
+`logps/chosen`, `logps/rejected`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from llm import losses
+from llm.train import sft
+from llm.train.pretrain import PretrainTask
+from llm.train.task import REFERENCE
+
+REFERENCE_FREE = ("simpo", "orpo")
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", *REFERENCE_FREE)
+
+
+def parse_loss_types(dpo) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """(names, weights) from `dpo.loss_type` and `dpo.loss_weights`; errors name the key."""
+    names = tuple(n.strip() for n in str(dpo.loss_type).split(",") if n.strip())
+    bad = [n for n in names if n not in LOSS_TYPES]
+    if not names or bad:
+        raise ValueError(f"dpo.loss_type={dpo.loss_type!r}: expected one or more (comma-"
+                         f"separated) of {', '.join(LOSS_TYPES)}")
+    if not str(dpo.loss_weights).strip():
+        return names, (1.0,) * len(names)
+    try:
+        weights = tuple(float(w) for w in str(dpo.loss_weights).split(","))
+    except ValueError:
+        raise ValueError(f"dpo.loss_weights={dpo.loss_weights!r}: expected comma-separated "
+                         "numbers") from None
+    if len(weights) != len(names):
+        raise ValueError(f"dpo.loss_weights={dpo.loss_weights!r}: {len(weights)} weights for "
+                         f"{len(names)} loss types ({dpo.loss_type!r})")
+    return names, weights
+
+
+def pair_loss(name: str, dpo, logps: dict) -> jax.Array:
+    """Per-pair loss_P of one loss type from the pair's log-prob sums and counts."""
+    delta_P = logps["chosen_ratio"] - logps["rejected_ratio"]
+    avg_c_P = logps["chosen"] / jnp.maximum(logps["chosen_n"], 1.0)
+    avg_r_P = logps["rejected"] / jnp.maximum(logps["rejected_n"], 1.0)
+    if name == "sigmoid":
+        return losses.dpo_sigmoid(delta_P, dpo.beta, dpo.label_smoothing)
+    if name == "hinge":
+        return losses.dpo_hinge(delta_P, dpo.beta)
+    if name == "ipo":
+        avg_delta_P = (logps["chosen_ratio"] / jnp.maximum(logps["chosen_n"], 1.0)
+                       - logps["rejected_ratio"] / jnp.maximum(logps["rejected_n"], 1.0))
+        return losses.dpo_ipo(avg_delta_P, dpo.beta)
+    if name == "robust":
+        return losses.dpo_robust(delta_P, dpo.beta, dpo.label_smoothing)
+    if name == "simpo":
+        return losses.simpo(avg_c_P - avg_r_P, dpo.beta, dpo.simpo_gamma, dpo.label_smoothing)
+    if name == "orpo":  # + the SFT NLL on the chosen answers' tokens (their batch mean)
+        return orpo_nll(logps) + losses.orpo_odds_ratio(avg_c_P, avg_r_P, dpo.beta)
+    raise ValueError(f"dpo.loss_type: unknown {name!r}")
+
+
+def orpo_nll(logps: dict) -> jax.Array:
+    """ORPO's SFT term: mean NLL over the chosen answers' tokens of the (micro-)batch."""
+    return -jnp.sum(logps["chosen"]) / jnp.maximum(jnp.sum(logps["chosen_n"]), 1.0)
+
+
+def both_rows(batch: dict, key: str) -> jax.Array:
+    """`chosen_<key>` then `rejected_<key>` on one batch axis: [2P, ...]."""
+    return jnp.concatenate([batch[f"chosen_{key}"], batch[f"rejected_{key}"]], axis=0)
+
+
+def pair_logps(model, batch: dict, rng=None) -> tuple[jax.Array, jax.Array]:
+    """(log-prob sums logps_2P, completion-token counts n_2P): chosen rows first, then
+    rejected, in one forward pass."""
+    def both(key):
+        return both_rows(batch, key)
+
+    logits_2PTV, _ = model(both("tokens"), both("positions"), both("segment_ids"),
+                           dropout_rng=rng)
+    return losses.sequence_logps(logits_2PTV, both("targets"), both("loss_mask"))
+
+
+def preference_metrics(chosen_rewards_P, rejected_rewards_P, chosen_logps_P,
+                       rejected_logps_P) -> dict[str, jax.Array]:
+    """TRL's `rewards/*` and `logps/*` metrics as sums over pairs (the loop takes means)."""
+    chosen_rewards_P = jax.lax.stop_gradient(chosen_rewards_P)
+    rejected_rewards_P = jax.lax.stop_gradient(rejected_rewards_P)
+    return {"rewards/chosen": jnp.sum(chosen_rewards_P),
+            "rewards/rejected": jnp.sum(rejected_rewards_P),
+            "rewards/margins": jnp.sum(chosen_rewards_P - rejected_rewards_P),
+            "rewards/accuracies": jnp.sum((chosen_rewards_P > rejected_rewards_P)
+                                          .astype(jnp.float32)),
+            "logps/chosen": jnp.sum(jax.lax.stop_gradient(chosen_logps_P)),
+            "logps/rejected": jnp.sum(jax.lax.stop_gradient(rejected_logps_P))}
+
+
+class PreferenceTask(PretrainTask):
+    """Prepared preference pairs (`chosen_*` / `rejected_*` rows) as the training data."""
+
+    kind = "preference"
+
+    def loader(self):
+        from llm.data import loaders
+
+        return loaders.preference_loader
+
+    def base_tokenizer(self) -> str:
+        """Pairs are tokenised with the starting model's vocabulary."""
+        tokenizer_dir = sft.base_tokenizer_dir(self.config.init_from)
+        return str(tokenizer_dir) if tokenizer_dir is not None else ""
+
+    def count(self, batch):
+        rows, length = batch["chosen_tokens"].shape
+        tokens = 2 * int(rows) * int(length)  # a chosen and a rejected row per pair
+        return tokens, tokens * self.flops_per_token()
+
+
+class DpoTask(PreferenceTask):
+    """Direct preference optimisation and its relatives on prepared preference pairs."""
+
+    name = "dpo"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.loss_types, self.loss_weights = parse_loss_types(config.dpo)
+
+    def check(self) -> None:
+        """The `dpo.*` keys, before any data is prepared."""
+        dpo = self.config.dpo
+        if dpo.beta <= 0:
+            raise ValueError(f"dpo.beta={dpo.beta}: expected > 0")
+        limit = 0.5 if "robust" in self.loss_types else 1.0
+        if not 0 <= dpo.label_smoothing < limit:
+            raise ValueError(f"dpo.label_smoothing={dpo.label_smoothing}: expected in "
+                             f"[0, {limit})")
+        if dpo.eval_file:
+            sft.read_eval_rows(dpo.eval_file)
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether any loss type compares against the reference model."""
+        return any(name not in REFERENCE_FREE for name in self.loss_types)
+
+    def side_models(self):
+        return {"reference": REFERENCE} if self.needs_reference else {}
+
+    def flops_per_token(self) -> float:
+        """Policy forward + backward, plus the reference's forward when it runs in the step."""
+        from llm import metrics
+
+        train = metrics.train_flops_per_token(self.model_cfg, self.config.seq_len)
+        return train * (4 / 3 if self.needs_reference else 1.0)
+
+    def loss(self, model, side, batch, rng):
+        logps_2P, n_2P = pair_logps(model, batch, rng)
+        pairs = batch["chosen_tokens"].shape[0]
+        logps = {"chosen": logps_2P[:pairs], "rejected": logps_2P[pairs:],
+                 "chosen_n": n_2P[:pairs], "rejected_n": n_2P[pairs:]}
+        if self.needs_reference:
+            ref_2P, _ = pair_logps(side["reference"], batch)
+            ref_2P = jax.lax.stop_gradient(ref_2P)
+            logps["chosen_ratio"] = logps["chosen"] - ref_2P[:pairs]
+            logps["rejected_ratio"] = logps["rejected"] - ref_2P[pairs:]
+            rewards = (logps["chosen_ratio"], logps["rejected_ratio"])
+            shown = (logps["chosen"], logps["rejected"])
+        else:  # SimPO / ORPO work on (and, as TRL's CPO and ORPO, report) mean token log-probs
+            logps["chosen_ratio"] = logps["rejected_ratio"] = jnp.zeros_like(logps["chosen"])
+            rewards = shown = (logps["chosen"] / jnp.maximum(logps["chosen_n"], 1.0),
+                               logps["rejected"] / jnp.maximum(logps["rejected_n"], 1.0))
+        dpo = self.config.dpo
+        loss_P = sum(weight * pair_loss(name, dpo, logps)
+                     for name, weight in zip(self.loss_types, self.loss_weights, strict=True))
+        metrics = preference_metrics(dpo.beta * rewards[0], dpo.beta * rewards[1], *shown)
+        if "orpo" in self.loss_types:
+            metrics["nll_loss"] = jax.lax.stop_gradient(orpo_nll(logps)) * pairs
+        return jnp.sum(loss_P), {**metrics, "weight": jnp.asarray(pairs, jnp.float32)}
+
+    def evaluate(self, models, step):
+        """Answer accuracy of greedy completions on `dpo.eval_file` (prompt/answer JSONL)."""
+        dpo = self.config.dpo
+        if not dpo.eval_file:
+            return {}
+        import pathlib
+
+        from llm.data.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(pathlib.Path(self.config.workdir) / "tokenizer")
+        rows = sft.read_eval_rows(dpo.eval_file)[: dpo.eval_examples]
+        return {"eval_answer_accuracy": sft.answer_accuracy(
+            models.policy(), tokenizer, rows, dpo.eval_verifier, dpo.eval_max_new_tokens)}
