@@ -1,0 +1,40 @@
+"""A tiny SFT base, a reward model on it and PPO configs over both, for the PPO tests."""
+
+from __future__ import annotations
+
+import pathlib
+
+from grpo_helpers import arithmetic_base
+
+from llm.config import load_config
+from llm.train.loop import train
+
+
+def reward_model(root: pathlib.Path, base, pairs, steps: int = 2, *extra: str
+                 ) -> pathlib.Path:
+    """A reward model trained `steps` steps on `pairs` from `base` (its tokenizer)."""
+    config = load_config("configs/reward.py:model=tiny", [
+        f"workdir={root / 'reward'}", f"init_from={base}", f"data.path={pairs}",
+        "data.split.validation=0.0", "batch_size=16", "seq_len=64", f"total_steps={steps}",
+        "optim.lr=1e-3", "optim.warmup_steps=0", "eval.every_steps=0",
+        f"checkpoint.every_steps={steps}", "mesh.shape={'data': 8}", "log.every_steps=100",
+        *extra])
+    train(config)
+    return root / "reward"
+
+
+def ppo_start(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """(SFT workdir, reward workdir, RL prompt JSONL) of a few steps each."""
+    base, prompts = arithmetic_base(root)
+    return base, reward_model(root, base, prompts.parent / "preference.jsonl"), prompts
+
+
+def ppo_config(workdir, base, reward, prompts, *extra: str):
+    """A small PPO run: 8 prompts per update, 2 minibatches x 2 epochs, 16 new tokens."""
+    return load_config("configs/ppo.py:model=tiny", [
+        f"workdir={workdir}", f"init_from={base}", f"ppo.reward_model_path={reward}",
+        f"data.path={prompts}", "batch_size=8", "ppo.num_mini_batches=2",
+        "ppo.num_ppo_epochs=2", "rl.max_prompt_length=32", "rl.max_completion_length=16",
+        "total_steps=4", "optim.lr=1e-3", "mesh.shape={'data': 8}", "log.every_steps=1",
+        "checkpoint.every_steps=100", "rl.log_samples_every=1", "rl.unstack_layers=False",
+        *extra])
