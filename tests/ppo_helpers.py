@@ -9,6 +9,8 @@ from grpo_helpers import arithmetic_base
 from llm.config import load_config
 from llm.train.loop import train
 
+CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs/ppo.py") + ":model=tiny"
+
 
 def reward_model(root: pathlib.Path, base, pairs, steps: int = 2, *extra: str
                  ) -> pathlib.Path:
@@ -29,12 +31,16 @@ def ppo_start(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.P
     return base, reward_model(root, base, prompts.parent / "preference.jsonl"), prompts
 
 
-def ppo_config(workdir, base, reward, prompts, *extra: str):
+def ppo_overrides(workdir, base, reward, prompts, *extra: str) -> list[str]:
     """A small PPO run: 8 prompts per update, 2 minibatches x 2 epochs, 16 new tokens."""
-    return load_config("configs/ppo.py:model=tiny", [
-        f"workdir={workdir}", f"init_from={base}", f"ppo.reward_model_path={reward}",
-        f"data.path={prompts}", "batch_size=8", "ppo.num_mini_batches=2",
-        "ppo.num_ppo_epochs=2", "rl.max_prompt_length=32", "rl.max_completion_length=16",
-        "total_steps=4", "optim.lr=1e-3", "mesh.shape={'data': 8}", "log.every_steps=1",
-        "checkpoint.every_steps=100", "rl.log_samples_every=1", "rl.unstack_layers=False",
-        *extra])
+    return [f"workdir={workdir}", f"init_from={base}", f"ppo.reward_model_path={reward}",
+            f"data.path={prompts}", "batch_size=8", "ppo.num_mini_batches=2",
+            "ppo.num_ppo_epochs=2", "rl.max_prompt_length=32", "rl.max_completion_length=16",
+            "total_steps=4", "optim.lr=1e-3", "mesh.shape={'data': 8}", "log.every_steps=1",
+            "checkpoint.every_steps=100", "rl.log_samples_every=1",
+            "rl.unstack_layers=False", *extra]
+
+
+def ppo_config(workdir, base, reward, prompts, *extra: str):
+    """The config of `ppo_overrides`."""
+    return load_config(CONFIG, ppo_overrides(workdir, base, reward, prompts, *extra))
