@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         epsilon=0.2, epsilon_high=0.0,  # clip range; epsilon_high 0 = epsilon (DAPO: 0.28)
         beta=0.0,  # KL coefficient; 0 loads no reference model
         kl_estimator="k3",  # k1 | k2 | k3
+        use_bias_correction_kl=True,  # weigh the KL by pi_theta / pi_old (TRL's default)
         importance_sampling_level="token",  # token | sequence (GSPO)
         mask_truncated_completions=False,
         mask_zero_std_groups=True,  # groups with equal rewards leave the loss (DAPO)

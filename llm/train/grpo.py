@@ -294,6 +294,8 @@ class GrpoTask(Task):
         kl_RN = jnp.zeros_like(logp_RN)
         if g.beta > 0:
             kl_RN = kl_lib.per_token_kl(logp_RN, batch["ref_logprobs"], g.kl_estimator)
+            if g.use_bias_correction_kl:  # the samples came from pi_old, not pi_theta
+                kl_RN = kl_RN * jnp.exp(log_w)
             per_token_RN = per_token_RN + g.beta * kl_RN
         per_token_RN = jnp.broadcast_to(per_token_RN, mask_RN.shape)
         loss_sum, weight = aggregate(per_token_RN, mask_RN, g.loss_type, N,
