@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
-from grpo_helpers import arithmetic_base
-
 from llm.config import load_config
+from llm.data import synthetic
 from llm.train.loop import train
 
 CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs/ppo.py") + ":model=tiny"
@@ -23,6 +22,18 @@ def reward_model(root: pathlib.Path, base, pairs, steps: int = 2, *extra: str
         *extra])
     train(config)
     return root / "reward"
+
+
+def arithmetic_base(root: pathlib.Path, steps: int = 4) -> tuple[pathlib.Path, pathlib.Path]:
+    """(SFT workdir, RL prompt JSONL): a few SFT steps on generated arithmetic."""
+    files = synthetic.generate("arithmetic", root / "arithmetic", n=300, difficulty=1, seed=0)
+    train(load_config("configs/sft.py:model=tiny", [
+        f"workdir={root / 'sft'}", f"data.path={files['sft']}",
+        "data.tokenizer.vocab_size=300", "batch_size=16", "seq_len=64",
+        f"total_steps={steps}", "optim.lr=3e-3", "optim.warmup_steps=0",
+        "eval.every_steps=0", f"checkpoint.every_steps={steps}", "mesh.shape={'data': 8}",
+        "log.every_steps=100"]))
+    return root / "sft", files["rl"]
 
 
 def ppo_start(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
