@@ -22,7 +22,7 @@ def train_reward(root: pathlib.Path, start, steps: int = REWARD_STEPS) -> pathli
     train(load_config("configs/reward.py:model=tiny", [
         f"workdir={root / 'reward'}", f"init_from={start.workdir}",
         f"data.path={start.files['preference']}", "data.split.validation=0.0",
-        "batch_size=16", "seq_len=64", f"total_steps={steps}", "optim.lr=1e-4",
+        "batch_size=16", "seq_len=64", f"total_steps={steps}", "optim.lr=1e-3",
         "optim.warmup_steps=10", "eval.every_steps=0", f"checkpoint.every_steps={steps}",
         "mesh.shape={'data': 8}", "log.every_steps=50"]))
     return root / "reward"
