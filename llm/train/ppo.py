@@ -31,8 +31,8 @@ from llm.rl import ppo as ppo_lib
 from llm.rl import rewards as rewards_lib
 from llm.rl import rollout as rollout_lib
 from llm.rl import samples as samples_lib
-from llm.train import ppo_checks
 from llm.train.grpo import GrpoTask, _reference_logprobs
+from llm.train.ppo_checks import check_config, check_models, check_tokenizers, value_path
 from llm.train.task import REFERENCE, SideModel
 
 VALUE_HEAD = "value_head"  # shared: a [D, 1] head on the policy's trunk
@@ -82,8 +82,8 @@ class PpoTask(GrpoTask):
     # ------------------------------------------------------------------ config, models
     def check(self) -> None:
         """Every ppo.* / rl.* key, the reward (and value) checkpoints, before any rollout."""
-        ppo_checks.check_config(self.config, self.sampling_controls())
-        self.value_cfg = ppo_checks.check_models(self.config)
+        check_config(self.config, self.sampling_controls())
+        self.value_cfg = check_models(self.config)
         names = rewards_lib.split_names(self.config.rl.reward_funcs)
         self.reward_funcs = rewards_lib.load(
             self.config.rl.reward_funcs, self.config.rl.reward_weights,
@@ -100,7 +100,7 @@ class PpoTask(GrpoTask):
     def datasets(self, config, mesh, workdir):
         """GRPO's prompt stream; then the reward and value models must read its tokens."""
         train, evaluation = super().datasets(config, mesh, workdir)
-        ppo_checks.check_tokenizers(self.config, train.tokenizer_dir, self.tokenizer)
+        check_tokenizers(self.config, train.tokenizer_dir, self.tokenizer)
         return train, evaluation
 
     def build(self, model):
@@ -123,7 +123,7 @@ class PpoTask(GrpoTask):
             return
         from llm.loading import load_model
 
-        loaded = load_model(ppo_checks.value_path(self.config), mesh, rules,
+        loaded = load_model(value_path(self.config), mesh, rules,
                             build=scoring.add_score_head)
         nnx.update(getattr(model, VALUE_MODEL), loaded.params)
 

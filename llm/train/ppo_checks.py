@@ -106,9 +106,9 @@ def check_models(config) -> ModelConfig | None:
 def check_tokenizers(config, data_tokenizer_dir, tokenizer) -> None:
     """The reward and value models read the policy's token ids: the same tokenizer, the same
     vocabulary, and a context as long as a prompt plus its completion."""
-    from llm.train import checks
+    from llm.train.checks import model_config
 
-    policy_vocab = checks.model_config(config, tokenizer.vocab_size).vocab_size
+    policy_vocab = model_config(config, tokenizer.vocab_size).vocab_size
     context = config.rl.max_prompt_length + config.rl.max_completion_length
     keys = [("ppo.reward_model_path", config.ppo.reward_model_path, "reward model")]
     if config.ppo.value_model == "separate":
