@@ -36,8 +36,9 @@ def train_ppo(root: pathlib.Path, start, reward, *extra: str) -> tuple[pathlib.P
         f"ppo.reward_model_path={reward}", f"data.path={start.files['rl']}",
         "batch_size=16", "ppo.num_mini_batches=1", "ppo.num_ppo_epochs=2",
         "rl.max_prompt_length=32", "rl.max_completion_length=16", f"total_steps={PPO_STEPS}",
-        "optim.lr=3e-5", f"ppo.target_kl={TARGET_KL}", "ppo.kl_horizon=2000",
-        "ppo.beta=0.1", "rl.reward_funcs=arithmetic", "rl.reward_weights=0",
+        "optim.lr=5e-5", f"ppo.target_kl={TARGET_KL}", "ppo.kl_horizon=2000",
+        "ppo.beta=0.05", "ppo.value_model=separate", "rl.reward_funcs=arithmetic",
+        "rl.reward_weights=0",
         "mesh.shape={'data': 8}", "log.every_steps=1", f"checkpoint.every_steps={PPO_STEPS}",
         "rl.log_samples_every=0", "rl.unstack_layers=False", *extra]))
     return workdir, final

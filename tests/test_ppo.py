@@ -21,7 +21,8 @@ from llm.train.loop import train
 RUNNER = pathlib.Path(__file__).parent / "run_ppo.py"
 # 2 epochs x 2 minibatches = 4 updates per rollout: steps 1-4 share one rollout batch.
 RUN = ("total_steps=6", "checkpoint.every_steps=1", "checkpoint.async_save=false",
-       "ppo.target_kl=0.05", "ppo.kl_horizon=100", "ppo.beta=0.1")
+       "ppo.target_kl=0.05", "ppo.kl_horizon=100", "ppo.beta=0.1", "eval.every_steps=6",
+       "ppo.eval_examples=4")
 EXACT = ("loss", "batch_hash", "objective/beta", "objective/kl", "objective/scores",
          "policy/approxkl_avg", "loss/value_avg", "val/explained_variance", "grad_norm")
 
@@ -39,7 +40,7 @@ def start(tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(start, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ppo_full") / "run"
-    train(ppo_config(workdir, *start, *RUN))
+    train(ppo_config(workdir, *start, *RUN, f"ppo.eval_file={start[2]}"))
     return workdir
 
 
@@ -61,12 +62,17 @@ def test_metrics_and_adaptive_beta(uninterrupted):
     assert rows[0]["policy/approxkl_avg"] == pytest.approx(0.0, abs=1e-6)  # pi = pi_old
     assert rows[3]["policy/approxkl_avg"] > 0  # later minibatches of the same rollout moved
     assert (uninterrupted / "rollouts" / "1.jsonl").is_file()
+    lines = (uninterrupted / "metrics.jsonl").read_text().splitlines()
+    evals = [r for r in map(json.loads, lines) if "eval_score" in r]
+    assert [r["step"] for r in evals] == [6]  # held-out score and accuracy at the end
+    assert np.isfinite(evals[0]["eval_score"]) and 0 <= evals[0]["eval_answer_accuracy"] <= 1
 
 
 @pytest.mark.slow
 def test_kill_between_minibatch_updates_then_rerun_is_exact(start, uninterrupted, tmp_path):
     workdir = tmp_path / "run"
-    command = [sys.executable, str(RUNNER), *ppo_overrides(workdir, *start, *RUN)]
+    command = [sys.executable, str(RUNNER), *ppo_overrides(workdir, *start, *RUN,
+                                                           f"ppo.eval_file={start[2]}")]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=dict(os.environ))
     deadline, seen = time.time() + 600, []
