@@ -30,10 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = preference_config("dpo", arg)
     config.optim.lr = 5e-6 if config.peft.method == "none" else 5e-5
     config.dpo = ml_collections.ConfigDict(dict(
-        loss_type="sigmoid",  # sigmoid | ipo | hinge | robust | simpo | orpo, or a list: "a,b"
+        loss_type="sigmoid",  # sigmoid|ipo|hinge|robust|simpo|orpo|sft, or a list: "sigmoid,sft"
         loss_weights="",  # comma-separated, one per loss_type; "" = all 1.0
         beta=0.1, label_smoothing=0.0,  # ε: conservative DPO (sigmoid), robust DPO (robust)
         simpo_gamma=0.5,  # SimPO's target margin γ
+        truncation_mode="skip",  # pairs over seq_len: skip | keep_start | keep_end (counted)
         eval_file="",  # prompt/answer JSONL scored with greedy decoding at each eval
         eval_examples=200, eval_verifier="arithmetic", eval_max_new_tokens=32))
     return config

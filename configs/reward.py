@@ -17,5 +17,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = preference_config("reward", arg)
     config.optim.lr = 1e-4 if config.peft.method == "none" else 1e-3
     config.reward = ml_collections.ConfigDict(dict(
-        center_rewards_coefficient=0.0))  # TRL's name; e.g. 0.01 keeps scores near zero
+        center_rewards_coefficient=0.0,  # TRL's name; e.g. 0.01 keeps scores near zero
+        truncation_mode="skip"))  # pairs over seq_len: skip | keep_start | keep_end
     return config

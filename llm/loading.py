@@ -118,7 +118,7 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
         from llm.hf import convert as hf
 
         model_cfg, graphdef, params, tokenizer_dir = hf.import_hf(init_from[3:], mesh=mesh,
-                                                                  rules=rules)
+                                                                  rules=rules, build=build)
         return LoadedModel(model_cfg, graphdef, params, tokenizer_dir)
     step_dir = resolve_step_dir(init_from)
     config_file, config = step_config(step_dir)
@@ -131,16 +131,29 @@ def load_model(init_from: str, mesh: jax.sharding.Mesh | None = None,
         graphdef, abstract = nnx.split(nnx.eval_shape(
             lambda: _with_heads(Transformer(model_cfg, nnx.Rngs(0)), build)))
         params = _restore_params(step_dir, abstract, mesh, rules)
-    else:  # the base is rebuilt from the run's own init_from; its adapters come from here
+    else:  # the base is rebuilt from the run's own init_from; adapters and heads from here
+        heads = head_names(model_cfg, build)
         model = build_model(model_cfg, peft_cfg, mesh, rules, seed=config.get("seed", 0),
-                            init_from=config.get("init_from", ""), build=build)
-        graphdef, adapters, rest = nnx.split(model, peft.trainable_filter(peft_cfg), ...)
+                            init_from=config.get("init_from", ""), build=build, fresh=heads)
+        trained = nnx.Any(peft.trainable_filter(peft_cfg),
+                          *(nnx.PathContains(name) for name in heads))
+        graphdef, adapters, rest = nnx.split(model, trained, ...)
         _check_base_hash(step_dir, rest, config.get("init_from"))
         adapters = _restore_params(step_dir, adapters, mesh, rules)
         graphdef, params = nnx.split(nnx.merge(graphdef, adapters, rest))
     workdir = step_dir.parent.parent
     tokenizer_dir = workdir / "tokenizer" if (workdir / "tokenizer").is_dir() else None
     return LoadedModel(model_cfg, graphdef, params, tokenizer_dir, config)
+
+
+def head_names(model_cfg: ModelConfig, build: Callable | None) -> tuple[str, ...]:
+    """The top-level modules `build` adds to a Transformer (a task's heads, e.g. a score
+    head): under PEFT they train beside the adapters, so they are restored with them."""
+    if build is None:
+        return ()
+    plain = nnx.state(nnx.eval_shape(lambda: Transformer(model_cfg, nnx.Rngs(0))))
+    built = nnx.state(nnx.eval_shape(lambda: build(Transformer(model_cfg, nnx.Rngs(0)))))
+    return tuple(sorted(set(built.keys()) - set(plain.keys())))
 
 
 def _peft_section(config: dict) -> Any:

@@ -46,9 +46,13 @@ class ConvertError(ValueError):
 def load_workdir(path: str, keep_adapters: bool = False
                  ) -> tuple[ModelConfig, nnx.GraphDef, Any, str | None]:
     """(ModelConfig, graphdef, params, tokenizer dir) of a workdir or checkpoints/<step>."""
-    from llm.loading import load_model
+    from llm import scoring
+    from llm.loading import load_model, resolve_step_dir, step_config
 
-    loaded = load_model(path, sharding.make_mesh({"fsdp": -1}))
+    # A reward run exports as a sequence classifier: its score head comes along.
+    is_reward = step_config(resolve_step_dir(path))[1].get("task") == "reward"
+    loaded = load_model(path, sharding.make_mesh({"fsdp": -1}),
+                        build=scoring.add_score_head if is_reward else None)
     tokenizer = str(loaded.tokenizer_dir) if loaded.tokenizer_dir else None
     return loaded.model_cfg, loaded.graphdef, loaded.params, tokenizer
 

@@ -49,7 +49,7 @@ def test_reward_model_learns_a_rule(reward_run):
     _, result, _ = reward_run
     # 120 steps x 16 pairs from scratch: held-out pairs (the validation split) ranked right.
     assert result["eval_accuracy"] >= 0.9, result
-    assert result["eval_rewards/margins"] > 0
+    assert result["eval_margin"] > 0
 
 
 @pytest.mark.slow
@@ -89,3 +89,71 @@ def test_score_script_writes_scores_and_refuses_overwrite(reward_run, tmp_path):
     assert scored[1]["chosen_score"] > scored[1]["rejected_score"]
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "never overwritten" in again.stderr
+
+
+@pytest.mark.slow
+def test_lora_reward_model_loads_with_its_trained_head(tmp_path):
+    """load_model of a LoRA-trained reward run restores the adapters and the trained score
+    head (the base comes from the run's init_from), so the scorer ranks as training did."""
+    from llm.scoring import Scorer
+
+    data = write_rule_pairs(tmp_path / "pairs.jsonl")
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": row["prompt"]},
+        {"role": "assistant", "content": row["chosen"]}]}) + "\n"
+        for row in map(json.loads, data.read_text().splitlines())))
+    base = tmp_path / "base"
+    train(load_config("configs/sft.py:model=tiny", [
+        f"workdir={base}", f"data.path={chat}", "data.tokenizer.vocab_size=300",
+        "data.num_workers=0", "batch_size=16", "seq_len=64", "total_steps=2",
+        "eval.every_steps=0", "checkpoint.every_steps=2", "mesh.shape={'data': 8}"]))
+    run = tmp_path / "lora"
+    config = reward_config(run, data, f"init_from={base}", "total_steps=80",
+                           "optim.lr=3e-3", "eval.every_steps=80", "checkpoint.every_steps=80")
+    config.peft.method = "lora"
+    result = train(config)
+    scorer = Scorer.load(str(run), seq_len=64, batch_size=8)
+    rng = random.Random(3)
+    prompts = [f"name three colours ({2000 + i})" for i in range(10)]
+    good = scorer.score(prompts, [" ".join(rng.sample(WARM, 3)) for _ in range(10)])
+    bad = scorer.score(prompts, [" ".join(rng.sample(COLD, 3)) for _ in range(10)])
+    # A fresh (untrained) head would score near zero margin; the loaded one ranks as the
+    # run's held-out evaluation measured.
+    assert result["eval_accuracy"] >= 0.8, result
+    assert np.mean(np.subtract(good, bad)) > 0.5 * result["eval_margin"] > 0
+    assert np.mean(np.greater(good, bad)) >= 0.8
+
+
+@pytest.mark.slow
+def test_export_as_sequence_classifier_scores_as_transformers(reward_run, tmp_path):
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from llm.scoring import Scorer
+
+    workdir, _, _ = reward_run
+    out = tmp_path / "hf_rm"
+    proc = subprocess.run([sys.executable, "scripts/convert_hf.py", "--mode=export",
+                           f"--checkpoint={workdir}", f"--hf_dir={out}", "--dtype=float32"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    assert config["num_labels"] == 1 and config["pad_token_id"] != config["eos_token_id"]
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    scorer = Scorer.load(str(workdir), seq_len=64, batch_size=8)
+    rows = [scorer.encode(f"name three colours ({i})", " ".join(WARM[i:i + 3]))
+            for i in range(4)]
+    ids = np.full((4, max(map(len, rows))), config["pad_token_id"], np.int64)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = row
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor(ids),
+                       attention_mask=torch.tensor(ids != config["pad_token_id"])).logits
+    np.testing.assert_allclose(scorer.score_ids(rows), theirs[:, 0].numpy(), atol=1e-4)
+    # and back: the export imports as a reward model that scores the same
+    again = Scorer.load(f"hf:{out}", seq_len=64, batch_size=8)
+    np.testing.assert_allclose(again.score_ids(rows), scorer.score_ids(rows), atol=1e-5)

@@ -124,21 +124,46 @@ class _PackedRows:
                          self._len, self._pad)
 
 
-class _Pairs:
-    """Pair i: the chosen and the rejected sequence, one per row, loss on response tokens."""
+TRUNCATION_MODES = ("skip", "keep_start", "keep_end")
 
-    def __init__(self, chosen: RecordSet, rejected: RecordSet, seq_len: int, pad_id: int):
+
+def long_pairs(chosen: RecordSet, rejected: RecordSet, seq_len: int) -> np.ndarray:
+    """Indices of the pairs whose chosen or rejected sequence is longer than seq_len."""
+    return np.flatnonzero((chosen.lengths > seq_len) | (rejected.lengths > seq_len))
+
+
+class _Pairs:
+    """Pair i: the chosen and the rejected sequence, one per row, loss on response tokens.
+
+    A pair longer than seq_len is never cut silently: `truncation_mode` 'skip' leaves it out,
+    'keep_start' keeps each sequence's first seq_len tokens (TRL's default), 'keep_end' its
+    last (the prompt's start goes first).
+    """
+
+    def __init__(self, chosen: RecordSet, rejected: RecordSet, seq_len: int, pad_id: int,
+                 truncation_mode: str = "keep_start"):
         if len(chosen) != len(rejected):
             raise DataError("chosen and rejected records differ in count")
+        if truncation_mode not in TRUNCATION_MODES:
+            raise DataError(f"truncation_mode={truncation_mode!r}: expected one of "
+                            f"{TRUNCATION_MODES}")
         self._c, self._r, self._len, self._pad = chosen, rejected, seq_len, pad_id
+        self._mode = truncation_mode
+        self._index = np.arange(len(chosen))
+        if truncation_mode == "skip":
+            self._index = np.setdiff1d(self._index, long_pairs(chosen, rejected, seq_len))
 
     def __len__(self) -> int:
-        return len(self._c)
+        return len(self._index)
 
     def __getitem__(self, i: int) -> dict:
         out = {}
+        record = int(self._index[i])
         for name, rs in (("chosen", self._c), ("rejected", self._r)):
-            row = pack_row([(rs.tokens(i), rs.mask(i))], self._len, self._pad)
+            ids, mask = rs.tokens(record), rs.mask(record)
+            if self._mode == "keep_end":
+                ids, mask = ids[-self._len:], mask[-self._len:]
+            row = pack_row([(ids, mask)], self._len, self._pad)
             out.update({f"{name}_{k}": v for k, v in row.items()})
         return out
 
@@ -200,12 +225,21 @@ def sft_loader(prepared_dir, split: str, seq_len: int, batch_size: int, seed: in
 
 def preference_loader(prepared_dir, split: str, seq_len: int, batch_size: int, seed: int,
                       num_epochs: int | None, shard_index: int = 0, shard_count: int = 1,
-                      shuffle: bool = True, drop_remainder: bool = True) -> grain.IterDataset:
-    """Batches of `chosen_*` and `rejected_*` rows; loss only on response tokens."""
+                      shuffle: bool = True, drop_remainder: bool = True,
+                      truncation_mode: str = "keep_start") -> grain.IterDataset:
+    """Batches of `chosen_*` and `rejected_*` rows; loss only on response tokens; pairs
+    longer than seq_len as `truncation_mode` says (see `_Pairs`)."""
     chosen, meta = _records(prepared_dir, split, "chosen")
     rejected, _ = _records(prepared_dir, split, "rejected")
-    return _pipeline(_Pairs(chosen, rejected, seq_len, meta["pad_id"]), batch_size, seed,
-                     num_epochs, shard_index, shard_count, shuffle, drop_remainder)
+    return _pipeline(_Pairs(chosen, rejected, seq_len, meta["pad_id"], truncation_mode),
+                     batch_size, seed, num_epochs, shard_index, shard_count, shuffle,
+                     drop_remainder)
+
+
+def preference_records(prepared_dir, split: str) -> tuple[RecordSet, RecordSet]:
+    """The chosen and rejected record sets of a prepared split."""
+    return _records(prepared_dir, split, "chosen")[0], _records(prepared_dir, split,
+                                                                 "rejected")[0]
 
 
 def prompt_loader(prepared_dir, split: str, max_prompt_len: int, batch_size: int, seed: int,

@@ -20,9 +20,10 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from llm.data import chat, clean, decontaminate, dedup, sources, split
+from llm.data import chat, clean, decontaminate, dedup, preference, sources, split
 from llm.data.mixture import mixture_weights, repeats
 from llm.data.records import ShardWriter, shard_prefix
+from llm.data.report import removed_row
 from llm.data.tokenizer import Tokenizer
 
 WORK = "_work"
@@ -96,6 +97,11 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
                         removed.append({"source": rec.source, "line": rec.line,
                                         "reason": f"filter:{problem}"})
                         continue
+                if rec.kind == "preference" and preference.pair_problem(fields):
+                    problem = preference.pair_problem(fields)
+                    counts["filters"][problem] = counts["filters"].get(problem, 0) + 1
+                    removed.append(removed_row(rec.source, rec.line, "scan", problem))
+                    continue
                 key = content_key(rec.kind, fields)
                 o = order_key(fi, rec.line)
                 orders.append(o)

@@ -27,6 +27,10 @@ LLAMA_ARCHITECTURES = {
 }
 GPT2_ARCHITECTURES = {"GPT2LMHeadModel": "gpt2"}
 ARCHITECTURES = {**LLAMA_ARCHITECTURES, **GPT2_ARCHITECTURES}
+# Reward models: the same trunk with `score.weight` [1, D] (num_labels=1) instead of an LM
+# head; ours carry it as `score_head` (llm/scoring.py).
+CLASSIFIERS = {name.replace("ForCausalLM", "ForSequenceClassification"): name
+               for name in LLAMA_ARCHITECTURES}
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
@@ -104,6 +108,7 @@ _LLAMA_TOP = {
     "embed": Source("model.embed_tokens.weight", pad_axis=0),
     "final_norm/scale": Source("model.norm.weight"),
     "lm_head/kernel": Source("lm_head.weight", transpose=True, pad_axis=1),
+    "score_head/kernel": Source("score.weight", transpose=True),
 }
 _LLAMA_LAYER = {
     "attn_norm/scale": "input_layernorm.weight",
@@ -191,10 +196,18 @@ def load_config_json(hf_dir: str) -> dict[str, Any]:
 def architecture(values: dict[str, Any], path: str) -> str:
     """The one supported architecture named in `architectures`."""
     names = values.get("architectures") or []
+    if isinstance(names, list) and len(names) == 1 and names[0] in CLASSIFIERS:
+        return CLASSIFIERS[names[0]]  # the trunk is the causal LM's
     if not isinstance(names, list) or len(names) != 1 or names[0] not in ARCHITECTURES:
         raise HFError(f"{path}: architectures={names!r} is not supported; expected one of "
-                      f"{sorted(ARCHITECTURES)}")
+                      f"{sorted([*ARCHITECTURES, *CLASSIFIERS])}")
     return names[0]
+
+
+def is_classifier(values: dict[str, Any]) -> bool:
+    """Whether a config.json describes a sequence classifier (a reward model)."""
+    names = values.get("architectures") or []
+    return isinstance(names, list) and len(names) == 1 and names[0] in CLASSIFIERS
 
 
 def _rope_fields(f: _Fields) -> dict[str, Any]:
@@ -363,9 +376,28 @@ def _rope_json(cfg: ModelConfig) -> dict[str, Any]:
             "rope_parameters": {**params, "rope_theta": cfg.rope_theta}}  # transformers 5.x
 
 
-def hf_config_json(cfg: ModelConfig, dtype: str, token_ids: dict[str, Any]) -> dict[str, Any]:
-    """config.json contents for an export of `cfg` in `dtype`."""
+def hf_config_json(cfg: ModelConfig, dtype: str, token_ids: dict[str, Any],
+                   classifier: bool = False) -> dict[str, Any]:
+    """config.json contents for an export of `cfg` in `dtype` (`classifier`: as a
+    `*ForSequenceClassification` reward model with one label)."""
     arch = export_architecture(cfg)
+    out = _config_fields(cfg, arch, dtype, token_ids)
+    if not classifier:
+        return out
+    if arch not in LLAMA_ARCHITECTURES:
+        raise HFError(f"export: a reward model exports as a LLaMA-family sequence "
+                      f"classifier; {arch} has none here")
+    if token_ids.get("pad_token_id") is None or (
+            token_ids.get("pad_token_id") == token_ids.get("eos_token_id")):
+        raise HFError("export: a sequence classifier needs a pad_token_id distinct from "
+                      "eos_token_id (transformers reads the score at the last non-pad token)")
+    name = arch.replace("ForCausalLM", "ForSequenceClassification")
+    return {**out, "architectures": [name], "num_labels": 1, "id2label": {"0": "LABEL_0"},
+            "label2id": {"LABEL_0": 0}}
+
+
+def _config_fields(cfg: ModelConfig, arch: str, dtype: str, token_ids: dict[str, Any]
+                   ) -> dict[str, Any]:
     common = {"architectures": [arch], "model_type": ARCHITECTURES[arch],
               "vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
               "torch_dtype": dtype, "dtype": dtype, "use_cache": True,

@@ -41,6 +41,7 @@ from llm.hf.config import (
     Source,
     architecture,
     hf_config_json,
+    is_classifier,
     layer_split,
     load_config_json,
     model_config_from_hf,
@@ -298,12 +299,15 @@ def _place(shape: tuple[int, ...], dtype: Any, sharding: jax.sharding.Sharding,
 
 
 def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | None = None,
-              scan_layers: bool = True, rules: Mapping[str, Any] | None = None
+              scan_layers: bool = True, rules: Mapping[str, Any] | None = None,
+              build: Callable[[Transformer], nnx.Module] | None = None
               ) -> tuple[ModelConfig, nnx.GraphDef, nnx.State, str | None]:
     """Load a HF model directory: (ModelConfig, graphdef, params, tokenizer dir or None).
 
     Parameters are born sharded on `mesh` (default: the first device) following the logical
-    rules; `dtype` sets the parameter and compute dtype (default float32).
+    rules; `dtype` sets the parameter and compute dtype (default float32). `build` adds the
+    heads the checkpoint holds beyond the trunk (a `*ForSequenceClassification`'s score
+    head); such a checkpoint has no LM head, so the embeddings stand in for it (tied).
     """
     if dtype is not None and dtype not in DTYPES:
         raise HFError(f"import: dtype={dtype!r}; expected one of {sorted(DTYPES)}")
@@ -316,11 +320,15 @@ def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | N
         prefix = "transformer."
     has_head = "lm_head.weight" in ckpt.tensors
     tied = values.get("tie_word_embeddings")
-    tied = (not has_head) if tied is None else bool(tied)
+    tied = (not has_head) if tied is None or is_classifier(values) else bool(tied)
     cfg = model_config_from_hf(values, config_path, tied, dtype or "float32", scan_layers)
+    if is_classifier(values) and build is None:
+        raise HFError(f"{config_path}: architectures={values['architectures']} is a reward "
+                      "model (a score head, no LM head); load it as one (llm.scoring, "
+                      "scripts/score.py)")
 
     mesh = mesh or sharding_lib.make_mesh(devices=jax.devices()[:1])
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: (build or (lambda m: m))(Transformer(cfg, nnx.Rngs(0))))
     graphdef, abstract_state = nnx.split(abstract)
     shardings = sharding_lib.state_shardings(abstract_state, mesh, rules)
     flat = list(nnx.to_flat_state(abstract_state))
@@ -486,6 +494,16 @@ def _token_ids(tokenizer_dir: str | None) -> dict[str, Any]:
             if k in values}
 
 
+def _our_token_ids(tokenizer_dir: str | None) -> dict[str, Any]:
+    """bos/eos/pad ids from our own tokenizer_config.json (a workdir's tokenizer/)."""
+    path = os.path.join(tokenizer_dir or "", "tokenizer_config.json")
+    if not tokenizer_dir or not os.path.isfile(path):
+        return {}
+    values = read_json(path)
+    return {f"{k}_token_id": values[f"{k}_id"] for k in ("bos", "eos", "pad")
+            if isinstance(values, dict) and isinstance(values.get(f"{k}_id"), int)}
+
+
 def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str, dtype: str = "bfloat16",
               tokenizer_dir: str | None = None, shard_size_bytes: int = 2 * 1024**3) -> None:
     """Write a new directory transformers loads: config, shards + index, tokenizer files.
@@ -498,7 +516,11 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str, dtype: str = "b
     check_new_dir(out_dir)
     flat = _flat_params(params)
     token_ids = _token_ids(tokenizer_dir)
-    config = hf_config_json(model_cfg, dtype, token_ids)
+    classifier = ("score_head", "kernel") in flat
+    if classifier:  # a reward model: the score head replaces the LM head
+        flat.pop(("lm_head", "kernel"), None)
+        token_ids = {**_our_token_ids(tokenizer_dir), **token_ids}
+    config = hf_config_json(model_cfg, dtype, token_ids, classifier)
     plan = _export_plan(model_cfg, flat, SAFETENSORS_DTYPES[dtype][1])
     if jax.process_index() != 0:  # every process joins the gathers, one writes
         for _, _, build in plan:

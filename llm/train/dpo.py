@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 
 from llm import losses
-from llm.train import sft
 from llm.train.pretrain import PretrainTask
+from llm.train.sft import answer_accuracy, base_tokenizer_dir, read_eval_rows
 from llm.train.task import REFERENCE
 
-REFERENCE_FREE = ("simpo", "orpo")
+REFERENCE_FREE = ("simpo", "orpo", "sft")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", *REFERENCE_FREE)
 
 
@@ -61,13 +61,16 @@ def pair_loss(name: str, dpo, logps: dict) -> jax.Array:
         return losses.dpo_robust(delta_P, dpo.beta, dpo.label_smoothing)
     if name == "simpo":
         return losses.simpo(avg_c_P - avg_r_P, dpo.beta, dpo.simpo_gamma, dpo.label_smoothing)
+    if name == "sft":
+        return chosen_nll(logps)
     if name == "orpo":  # + the SFT NLL on the chosen answers' tokens (their batch mean)
-        return orpo_nll(logps) + losses.orpo_odds_ratio(avg_c_P, avg_r_P, dpo.beta)
+        return chosen_nll(logps) + losses.orpo_odds_ratio(avg_c_P, avg_r_P, dpo.beta)
     raise ValueError(f"dpo.loss_type: unknown {name!r}")
 
 
-def orpo_nll(logps: dict) -> jax.Array:
-    """ORPO's SFT term: mean NLL over the chosen answers' tokens of the (micro-)batch."""
+def chosen_nll(logps: dict) -> jax.Array:
+    """The SFT term (TRL's `sft` loss type, ORPO's NLL): mean NLL over the chosen answers'
+    tokens of the (micro-)batch."""
     return -jnp.sum(logps["chosen"]) / jnp.maximum(jnp.sum(logps["chosen_n"]), 1.0)
 
 
@@ -101,19 +104,82 @@ def preference_metrics(chosen_rewards_P, rejected_rewards_P, chosen_logps_P,
             "logps/rejected": jnp.sum(jax.lax.stop_gradient(rejected_logps_P))}
 
 
+def report_long_pairs(prepared, workdir, seq_len: int, mode: str, key: str) -> int:
+    """Count, print and list (`workdir/removed_pairs.jsonl`, `removed_row` rows) the train
+    and validation pairs longer than seq_len; returns the train split's count."""
+    import json
+    import pathlib
+
+    from llm.data import DataError, loaders
+    from llm.data.report import removed_row
+
+    rows, counts = [], {}
+    for split in ("train", "validation"):
+        try:
+            chosen, rejected = loaders.preference_records(prepared, split)
+        except DataError:  # no such split
+            continue
+        long = loaders.long_pairs(chosen, rejected, seq_len)
+        counts[split] = len(long)
+        rows += [removed_row(f"{prepared}/{split}", int(i), "load", f"too_long:{mode}",
+                             value=int(max(chosen.lengths[i], rejected.lengths[i])),
+                             threshold=seq_len) for i in long]
+    if rows and jax.process_index() == 0:
+        print(f"{key}={mode}: {counts} pairs longer than seq_len={seq_len} "
+              f"{'left out' if mode == 'skip' else 'truncated (' + mode + ')'}; listed in "
+              f"{pathlib.Path(workdir) / 'removed_pairs.jsonl'}", flush=True)
+        target = pathlib.Path(workdir) / "removed_pairs.jsonl"
+        tmp = target.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(target)
+    return counts.get("train", 0)
+
+
 class PreferenceTask(PretrainTask):
-    """Prepared preference pairs (`chosen_*` / `rejected_*` rows) as the training data."""
+    """Prepared preference pairs (`chosen_*` / `rejected_*` rows) as the training data.
+
+    A pair longer than `seq_len` is never cut silently: `<task>.truncation_mode` is 'skip'
+    (left out), 'keep_start' or 'keep_end' (TRL's names); either way each such pair is
+    counted, printed and listed in `workdir/removed_pairs.jsonl`.
+    """
 
     kind = "preference"
 
+    @property
+    def truncation_mode(self) -> str:
+        """How pairs longer than seq_len are handled (this task's section's key)."""
+        return self.config[self.name].truncation_mode
+
+    def check_truncation(self) -> None:
+        """`<task>.truncation_mode` is one the loader knows."""
+        from llm.data.loaders import TRUNCATION_MODES
+
+        if self.truncation_mode not in TRUNCATION_MODES:
+            raise ValueError(f"{self.name}.truncation_mode={self.truncation_mode!r}: expected "
+                             f"one of {', '.join(TRUNCATION_MODES)}")
+
     def loader(self):
+        import functools
+
         from llm.data import loaders
 
-        return loaders.preference_loader
+        return functools.partial(loaders.preference_loader,
+                                 truncation_mode=self.truncation_mode)
+
+    def datasets(self, config, mesh, workdir):
+        train, held_out = super().datasets(config, mesh, workdir)
+        long = report_long_pairs(self.prepared_dir, workdir, config.seq_len,
+                                 self.truncation_mode, f"{self.name}.truncation_mode")
+        if self.truncation_mode == "skip" and train.batches_per_epoch:
+            from llm.data import loaders
+
+            pairs = len(loaders.preference_records(self.prepared_dir, "train")[0])
+            train.batches_per_epoch = (pairs - long) // config.batch_size
+        return train, held_out
 
     def base_tokenizer(self) -> str:
         """Pairs are tokenised with the starting model's vocabulary."""
-        tokenizer_dir = sft.base_tokenizer_dir(self.config.init_from)
+        tokenizer_dir = base_tokenizer_dir(self.config.init_from)
         return str(tokenizer_dir) if tokenizer_dir is not None else ""
 
     def count(self, batch):
@@ -133,6 +199,7 @@ class DpoTask(PreferenceTask):
 
     def check(self) -> None:
         """The `dpo.*` keys, before any data is prepared."""
+        self.check_truncation()
         dpo = self.config.dpo
         if dpo.beta <= 0:
             raise ValueError(f"dpo.beta={dpo.beta}: expected > 0")
@@ -141,7 +208,7 @@ class DpoTask(PreferenceTask):
             raise ValueError(f"dpo.label_smoothing={dpo.label_smoothing}: expected in "
                              f"[0, {limit})")
         if dpo.eval_file:
-            sft.read_eval_rows(dpo.eval_file)
+            read_eval_rows(dpo.eval_file)
 
     @property
     def needs_reference(self) -> bool:
@@ -178,8 +245,8 @@ class DpoTask(PreferenceTask):
         loss_P = sum(weight * pair_loss(name, dpo, logps)
                      for name, weight in zip(self.loss_types, self.loss_weights, strict=True))
         metrics = preference_metrics(dpo.beta * rewards[0], dpo.beta * rewards[1], *shown)
-        if "orpo" in self.loss_types:
-            metrics["nll_loss"] = jax.lax.stop_gradient(orpo_nll(logps)) * pairs
+        if {"orpo", "sft"} & set(self.loss_types):
+            metrics["nll_loss"] = jax.lax.stop_gradient(chosen_nll(logps)) * pairs
         return jnp.sum(loss_P), {**metrics, "weight": jnp.asarray(pairs, jnp.float32)}
 
     def evaluate(self, models, step):
@@ -192,6 +259,6 @@ class DpoTask(PreferenceTask):
         from llm.data.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(pathlib.Path(self.config.workdir) / "tokenizer")
-        rows = sft.read_eval_rows(dpo.eval_file)[: dpo.eval_examples]
-        return {"eval_answer_accuracy": sft.answer_accuracy(
+        rows = read_eval_rows(dpo.eval_file)[: dpo.eval_examples]
+        return {"eval_answer_accuracy": answer_accuracy(
             models.policy(), tokenizer, rows, dpo.eval_verifier, dpo.eval_max_new_tokens)}

@@ -67,6 +67,7 @@ class PretrainTask(Task):
         from llm.data.tokenizer import Tokenizer
 
         prepared = prepared_dataset(config, workdir, self.base_tokenizer())
+        self.prepared_dir = prepared  # for tasks that report on the records they load
         tokenizer = Tokenizer.load(prepared / "tokenizer")
         loader = self.loader()
 

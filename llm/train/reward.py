@@ -5,7 +5,7 @@ centring term `center_rewards_coefficient · (r_chosen + r_rejected)²`.
 The score is read at each sequence's last real token (llm/scoring.py); the head is fresh
 (left initialised when `init_from` is an SFT or pretraining run) and trains under PEFT too.
 Metrics, on train and held-out pairs: `accuracy` (pair accuracy), `rewards/chosen`,
-`rewards/rejected`, `rewards/margins`.
+`rewards/rejected`, `margin` (TRL's RewardTrainer names `accuracy` and `margin`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class RewardTask(PreferenceTask):
 
     def check(self) -> None:
         """The `reward.*` keys."""
+        self.check_truncation()
         if self.config.reward.center_rewards_coefficient < 0:
             raise ValueError(f"reward.center_rewards_coefficient="
                              f"{self.config.reward.center_rewards_coefficient}: expected >= 0")
@@ -49,5 +50,5 @@ class RewardTask(PreferenceTask):
         return jnp.sum(loss_P), {
             "accuracy": jnp.sum((diff_P > 0).astype(jnp.float32)),
             "rewards/chosen": jnp.sum(chosen_P), "rewards/rejected": jnp.sum(rejected_P),
-            "rewards/margins": jnp.sum(diff_P),
+            "margin": jnp.sum(diff_P),
             "weight": jnp.asarray(chosen_P.shape[0], jnp.float32)}
