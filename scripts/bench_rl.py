@@ -208,9 +208,9 @@ def main(argv: list[str]) -> None:
     result = {"size": _SIZE.value, "prompts": _PROMPTS.value, "generations": _G.value,
               "new_tokens": _NEW.value, "dtype": _DTYPE.value, "peak_flops": peak,
               "peak_source": peak_source, "ours_samples_per_s": round(samples / med["step"], 2),
-              "ours_step_s": round(med["step"], 3), "ours_rollout_s": round(med["rollout"], 3),
-              "ours_reward_s": round(med["reward"], 4), "ours_update_s": round(med["update"], 3),
-              "sampler_alone_s": round(sampler_s, 3), "train_step_alone_s": round(update_s, 3),
+              "ours_step_s": round(med["step"], 6), "ours_rollout_s": round(med["rollout"], 6),
+              "ours_reward_s": round(med["reward"], 4), "ours_update_s": round(med["update"], 6),
+              "sampler_alone_s": round(sampler_s, 6), "train_step_alone_s": round(update_s, 6),
               "overhead_ratio": round(med["step"] / (sampler_s + update_s), 3),
               "ours_tokens_per_step": med["tokens"]}
     print(f"GRPO step: {_PROMPTS.value} prompts x G={_G.value}, {_NEW.value} new tokens, "

@@ -1,0 +1,48 @@
+"""Outcome: from the demo's SFT arithmetic model, GRPO with the exact-answer verifier raises
+held-out exact-answer accuracy (the mean over 8 sampled answers per held-out question).
+
+Threshold: the gain of the mean accuracy over seeds 0-2 must exceed twice the spread
+(max - min) of the SFT model's accuracy over the same seeds, both measured in this run.
+The held-out questions are in no training input (checked here by exact prompt).
+"""
+
+import json
+
+import pytest
+
+from llm.config import load_config
+from llm.train.loop import train
+
+SEEDS = (0, 1, 2)
+SETTINGS = ["batch_size=128", "grpo.num_generations=8", "rl.max_prompt_length=32",
+            "rl.max_completion_length=16", "total_steps=40", "optim.lr=3e-5",
+            "mesh.shape={'data': 8}", "log.every_steps=10", "checkpoint.every_steps=1000",
+            "rl.log_samples_every=0"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
+    "not reached yet: every setting tried (lr 1e-5..3e-4, 4-16 prompts x 8 per update, "
+    "40-80 steps) left held-out accuracy within noise of the SFT model's 0.475 or lowered "
+    "it; see docs/benchmarks.md, GRPO outcome"))
+def test_grpo_raises_heldout_accuracy(sft_arithmetic, tmp_path):
+    import arithmetic_start
+
+    heldout = {r["prompt"] for r in sft_arithmetic.heldout_rows}
+    prompts = [json.loads(line)["prompt"] for line in
+               sft_arithmetic.files["rl"].read_text().splitlines()]
+    sft_prompts = {json.loads(line)["messages"][0]["content"] for line in
+                   sft_arithmetic.files["sft"].read_text().splitlines()}
+    assert heldout and not heldout & (set(prompts) | sft_prompts)  # removed by exact prompt
+    before = [arithmetic_start.heldout_accuracy(sft_arithmetic.workdir,
+                                                sft_arithmetic.heldout_rows, seed=s)
+              for s in SEEDS]
+    config = load_config("configs/grpo.py:model=tiny", [
+        f"workdir={tmp_path}", f"init_from={sft_arithmetic.workdir}",
+        f"data.path={sft_arithmetic.files['rl']}", "rl.reward_funcs=arithmetic", *SETTINGS])
+    train(config)
+    after = [arithmetic_start.heldout_accuracy(tmp_path, sft_arithmetic.heldout_rows, seed=s)
+             for s in SEEDS]
+    gain = sum(after) / len(after) - sum(before) / len(before)
+    threshold = 2 * (max(before) - min(before))
+    assert gain > threshold, (before, after, gain, threshold)
