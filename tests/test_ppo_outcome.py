@@ -28,10 +28,11 @@ def outcome(sft_arithmetic, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason=(
-    "2026-12-02, this run's settings: held-out score 0.785 -> 0.883 and last-20% KL ~1.2 "
-    "(<= 1.5) hold, but verifier accuracy fell 0.46 -> 0.25: the demo's reward model (160 "
-    "distinct pairs, final BT loss ~0.60) is exploited; with the verifier weighted in "
-    "(rl.reward_weights=4) accuracy fell less (0.40) and the score did not rise. Not met."))
+    "2026-12-02, these settings: the held-out score rises (0.785 -> 0.883 over 4 samples a "
+    "question) and the last-20% KL was ~1.2 (<= 1.5), but verifier accuracy falls (8 samples: "
+    "0.47 -> 0.28): the demo's reward model (160 distinct pairs, final Bradley-Terry loss "
+    "~0.60) is exploited. With the verifier weighted in (rl.reward_weights=4) accuracy fell "
+    "less (0.46 -> 0.40) and the score did not rise. Not met."))
 def test_ppo_raises_the_reward_model_score_within_the_kl_budget(outcome):
     (score_before, accuracy_before), (score_after, accuracy_after), rows = outcome
     assert [r["step"] for r in rows] == list(range(1, PPO_STEPS + 1))
