@@ -35,6 +35,11 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Timed GRPO steps (after one untimed).
                               lower_bound=1)
 _PEER = flags.DEFINE_enum("peer", "trl", ["trl", "none"], "Peer to measure in the same run.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype of ours (float32, bfloat16).")
+_ALGO = flags.DEFINE_enum("algo", "grpo", ["grpo", "ppo"],
+                          "grpo: against TRL's GRPOTrainer; ppo: our PPO step's time split "
+                          "(prompts x generations completions, one per prompt).")
+_EPOCHS = flags.DEFINE_integer("ppo_epochs", 1, "PPO: num_ppo_epochs per rollout batch.",
+                               lower_bound=1)
 
 
 class WordTokenizer:
@@ -178,6 +183,9 @@ def main(argv: list[str]) -> None:
     del argv
     from llm import metrics
 
+    if _ALGO.value == "ppo":
+        ppo_main()
+        return
     try:
         config = grpo_config(_SIZE.value, _DTYPE.value)
     except ValueError as error:
@@ -221,6 +229,94 @@ def main(argv: list[str]) -> None:
                       ratio_vs_trl=round(peer_s / med["step"], 2))
         print(f"{'trl':10s} {peer_s:8.3f} {samples / peer_s:10.2f}")
         print(f"ours / trl samples/s: {result['ratio_vs_trl']:.2f}")
+    print(json.dumps(result))
+
+
+def build_ppo(config, prompt_BP: np.ndarray):
+    """step(i) -> time split of one PPO step (a rollout batch and its updates), on random
+    policy and reward weights; the value is a head on the policy's trunk."""
+    from llm import optim, scoring, sharding
+    from llm.model import ModelConfig, Transformer
+    from llm.train import state as state_lib
+    from llm.train.guard import UpdateGuard
+    from llm.train.ppo import PpoTask
+    from llm.train.ppo_checks import check_config
+    from llm.train.task import Models
+
+    task = PpoTask(config)
+    check_config(config, task.sampling_controls())
+    model_cfg = ModelConfig.from_dict({k: v for k, v in config.model.items() if k != "size"})
+    mesh = sharding.make_mesh(dict(config.mesh.shape))
+    graphdef, params, frozen = nnx.split(task.build(Transformer(model_cfg, nnx.Rngs(0))),
+                                         nnx.Param, ...)
+    reward_graphdef, reward = nnx.split(scoring.add_score_head(
+        Transformer(model_cfg, nnx.Rngs(1))))
+    side_graphdefs = {"reward": reward_graphdef, "reference": graphdef}
+    side = {"reward": (reward,), "reference": (jax.tree.map(jnp.copy, params), frozen)}
+    task.model_cfg, task.tokenizer = model_cfg, WordTokenizer(model_cfg.vocab_size)
+    tx, schedule = optim.make_optimizer(config.optim, 1000, task.param_groups())
+    guard = UpdateGuard.from_config(tx, config.train)
+    holder = {"state": state_lib.new_state(params, guard, 0)}
+    train_step = jax.jit(state_lib.make_train_step(task, graphdef, side_graphdefs, guard,
+                                                   schedule, grad_accum=1, use_dropout=False),
+                         donate_argnums=0)
+    host_batch = {"prompt_tokens": prompt_BP,
+                  "prompt_lengths": np.full(len(prompt_BP), prompt_BP.shape[1], np.int32),
+                  "answer": np.array([""] * len(prompt_BP), dtype=object)}
+
+    def step(i: int) -> dict[str, float]:
+        start = time.perf_counter()
+        models = Models(graphdef, holder["state"]["params"], frozen, side_graphdefs, side,
+                        mesh, model_cfg)
+        batch = task.prepare(models, host_batch, state_lib.prepare_rng(jax.random.key(0), i))
+        prepared = time.perf_counter()
+        batch = {k: jnp.asarray(v) for k, v in batch.items()}
+        for index in range(task.num_updates()):
+            holder["state"], metrics = train_step(holder["state"], frozen, side, batch,
+                                                  np.int32(index))
+        jax.block_until_ready(metrics)
+        end = time.perf_counter()
+        split = {k: float(batch[f"stat_time_{k}_s"][0])
+                 for k in ("rollout", "reward", "reference", "value")}
+        return {"step": end - start, **split, "update": end - prepared,
+                "other": prepared - start - sum(split.values())}
+
+    return step
+
+
+def ppo_main() -> None:
+    """Time our PPO step and its parts; print a table and a JSON line."""
+    from llm import metrics
+    from llm.config import load_config
+
+    completions = _PROMPTS.value * _G.value
+    try:
+        config = load_config(f"configs/ppo.py:model={_SIZE.value}", [
+            f"batch_size={completions}", f"rl.max_prompt_length={_PROMPT_LEN.value}",
+            f"rl.max_completion_length={_NEW.value}", f"model.dtype={_DTYPE.value}",
+            f"ppo.num_ppo_epochs={_EPOCHS.value}", "workdir=/tmp/bench_rl_unused",
+            "rl.log_samples_every=0", "optim.lr=1e-5"])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    rng = np.random.default_rng(0)
+    prompt_BP = rng.integers(2, int(config.model.vocab_size),
+                             (completions, _PROMPT_LEN.value)).astype(np.int32)
+    step = build_ppo(config, prompt_BP)
+    peak, peak_source = metrics.device_peak_flops()
+    step(0)  # compiles
+    splits = [step(i + 1) for i in range(_STEPS.value)]
+    med = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
+    result = {"algo": "ppo", "size": _SIZE.value, "completions": completions,
+              "new_tokens": _NEW.value, "ppo_epochs": _EPOCHS.value, "dtype": _DTYPE.value,
+              "peak_flops": peak, "peak_source": peak_source,
+              "ours_samples_per_s": round(completions / med["step"], 2),
+              **{f"ours_{k}_s": round(v, 4) for k, v in med.items()}}
+    print(f"PPO step: {completions} prompts x 1 completion, {_NEW.value} new tokens, "
+          f"{_EPOCHS.value} epoch(s), {_SIZE.value} {_DTYPE.value}; fp32 matmul peak "
+          f"{peak / 1e9:.0f} GFLOP/s ({peak_source}); no peer (TRL's PPO is experimental)")
+    print(" ".join(f"{k:>9s}" for k in med))
+    print(" ".join(f"{v:9.3f}" for v in med.values()))
     print(json.dumps(result))
 
 

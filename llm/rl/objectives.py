@@ -37,7 +37,8 @@ def clipped_surrogate(log_weights: jax.Array, advantages_R: jax.Array, epsilon_l
     """
     ratio = jnp.exp(log_weights)
     clipped = jnp.clip(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
-    adv_R1 = advantages_R[:, None]
+    # Per-row advantages [R] (GRPO) broadcast over tokens; PPO's are per token [R, N].
+    adv_R1 = advantages_R[:, None] if advantages_R.ndim == 1 else advantages_R
     loss = -jnp.minimum(ratio * adv_R1, clipped * adv_R1)
     low = ((ratio < 1.0 - epsilon_low) & (adv_R1 < 0)).astype(jnp.float32)
     high = ((ratio > 1.0 + epsilon_high) & (adv_R1 > 0)).astype(jnp.float32)

@@ -45,10 +45,23 @@ def completion_logprobs(model, batch: dict, temperature: float, N: int
     The LM head runs on the R * N completion positions only, not on all R * T.
     """
     h_RTD, _ = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"])
+    return token_logprobs(model, h_RTD, batch, temperature, N)
+
+
+def completion_hidden(h_RTD: jax.Array, batch: dict, N: int) -> jax.Array:
+    """h_RND: the hidden state at each position that predicts completion token i."""
     T = h_RTD.shape[1]
     at_RN = jnp.clip(batch["prompt_lengths"][:, None] - 1 + jnp.arange(N)[None], 0, T - 1)
-    h_RND = jnp.take_along_axis(h_RTD, at_RN[..., None], axis=1)
-    logits_RNV = model.logits(h_RND).astype(jnp.float32) / temperature
+    return jnp.take_along_axis(h_RTD, at_RN[..., None], axis=1)
+
+
+def token_logprobs(model, h_RTD: jax.Array, batch: dict, temperature: float, N: int
+                   ) -> tuple[jax.Array, jax.Array]:
+    """(log-probs, entropies) [R, N] of the completion tokens from the trunk's h_RTD."""
+    T = h_RTD.shape[1]
+    at_RN = jnp.clip(batch["prompt_lengths"][:, None] - 1 + jnp.arange(N)[None], 0, T - 1)
+    logits_RNV = model.logits(completion_hidden(h_RTD, batch, N)).astype(
+        jnp.float32) / temperature
     targets_RN = jnp.take_along_axis(batch["tokens"], jnp.clip(at_RN + 1, 0, T - 1), axis=1)
     logz_RN = jax.nn.logsumexp(logits_RNV, axis=-1)
     logp_RN = jnp.take_along_axis(logits_RNV, targets_RN[..., None], -1)[..., 0] - logz_RN

@@ -11,12 +11,14 @@ def get_task(name: str) -> type[Task]:
     """The Task class registered under `name`."""
     from llm.train.dpo import DpoTask
     from llm.train.grpo import GrpoTask
+    from llm.train.ppo import PpoTask
     from llm.train.pretrain import PretrainTask
     from llm.train.reward import RewardTask
     from llm.train.sft import SftTask
 
     tasks: dict[str, type[Task]] = {"pretrain": PretrainTask, "sft": SftTask,
-                                    "reward": RewardTask, "dpo": DpoTask, "grpo": GrpoTask}
+                                    "reward": RewardTask, "dpo": DpoTask, "grpo": GrpoTask,
+                                    "ppo": PpoTask}
     if name not in tasks:
         close = difflib.get_close_matches(name, tasks, n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

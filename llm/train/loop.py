@@ -269,6 +269,7 @@ def _build(config, task: Task, plan: Plan, mesh, rules, checkpointer: Checkpoint
     model = build_model(plan.model_cfg, config.peft, mesh, rules, seed=config.seed,
                         init_from=config.init_from, build=task.build, fresh=task.fresh,
                         data_tokenizer_dir=plan.train_data.tokenizer_dir)
+    task.initialise(model, mesh, rules)
     graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
     del model
     side_graphdefs, side = _side_models(task, graphdef, params, frozen, config, mesh, rules)

@@ -108,6 +108,10 @@ class Task:
         """The module to train, before `peft.*` adapters: heads go on here (declare `fresh`)."""
         return model
 
+    def initialise(self, model: nnx.Module, mesh: jax.sharding.Mesh, rules: dict) -> None:
+        """Fill fresh modules that start from a checkpoint of their own, in place, once the
+        model is built and `init_from` loaded (PPO's value model from the reward model)."""
+
     def trainable(self) -> Any:
         """nnx filter of what gets gradients and optimiser state (from `peft.method`)."""
         from llm.peft import methods as peft
