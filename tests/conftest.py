@@ -20,7 +20,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 @pytest.fixture(scope="session")
 def sft_arithmetic(tmp_path_factory):
-    """The demo's tiny SFT arithmetic model (tests/arithmetic_start.py), built once a session."""
+    """The demo's tiny SFT arithmetic model (tests/arithmetic_start.py), built once a run.
+
+    Under pytest-xdist the workers share one build: the first takes a lock and builds, the
+    others wait and reuse it (the demo's stages rerun as no-ops on finished work).
+    """
+    import fcntl
+
     import arithmetic_start
 
-    return arithmetic_start.build(tmp_path_factory.mktemp("sft_arithmetic"))
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return arithmetic_start.build(tmp_path_factory.mktemp("sft_arithmetic"))
+    shared = tmp_path_factory.getbasetemp().parent  # one folder for every worker of a run
+    with open(shared / "sft_arithmetic.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return arithmetic_start.build(shared / "sft_arithmetic")

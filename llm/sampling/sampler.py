@@ -332,9 +332,10 @@ def complete_rows(sampler: Sampler, rows: Sequence[Mapping[str, Any]], *, batch_
                          f"{TRUNCATE_PROMPT} ('' refuses a prompt that does not fit)")
     where = where or [f"prompts row {n}" for n in range(1, len(rows) + 1)]
     max_new = int(controls.get("max_new_tokens", DEFAULTS["max_new_tokens"]))
-    prompts = [fit_prompt(sampler, _row_prompt(sampler, row, name), max_new, name,
-                          truncate_prompt)
-               for row, name in zip(rows, where, strict=True)]
+    # Every row's shape first: a malformed row is the error to report, not its length.
+    prompts = [_row_prompt(sampler, row, name) for row, name in zip(rows, where, strict=True)]
+    prompts = [fit_prompt(sampler, prompt, max_new, name, truncate_prompt)
+               for prompt, name in zip(prompts, where, strict=True)]
     seed = int(controls.pop("seed", 0))
     out = []
     for start in range(0, len(prompts), batch_size):
