@@ -17,10 +17,9 @@ def test_verifier_labels_train_a_reward_model_that_labels_in_turn(sft_arithmetic
     from llm.train.loop import train
 
     rows = {}
-    for name in ("rl", "posttrain"):
-        for line in sft_arithmetic.files[name].read_text().splitlines():
-            row = json.loads(line)
-            rows.setdefault(row["prompt"], row)
+    for line in sft_arithmetic.files["rl"].read_text().splitlines():
+        row = json.loads(line)
+        rows.setdefault(row["prompt"], row)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
     out = tmp_path / "labels"
@@ -41,7 +40,7 @@ def test_verifier_labels_train_a_reward_model_that_labels_in_turn(sft_arithmetic
         "optim.lr=3e-4", "optim.warmup_steps=10", "eval.every_steps=150", "eval.steps=4",
         "log.every_steps=50", "checkpoint.every_steps=150", "mesh.shape={'data': 8}"]))
     # Chance is 0.5; the reward model has to check the arithmetic to rank a pair.
-    assert result["eval_accuracy"] >= 0.7, result
+    assert result.get("eval_accuracy", 0) >= 0.7, result
 
     by_reward = modes.run(load_config("configs/label.py", [
         "mode=reward", f"label.reward_model={tmp_path / 'rm'}", *flags]))
