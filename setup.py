@@ -29,7 +29,7 @@ setup(
         "pyyaml>=6",  # evaluation task files
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6"],
         # The peers the tests compare against, never imported by the package: TRL's losses
         # (reward, DPO, KTO, GRPO), lm-evaluation-harness's HF backend, datatrove's quality
         # filters (with spaCy, its English word splitter), and Playwright to drive the
