@@ -31,13 +31,13 @@ def rl_section() -> ml_collections.ConfigDict:
     ))
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """GRPO config; variants: `model=<size>` and one of `lora`, `qlora`, `prefix`."""
+def online_rl_config(task: str, arg: str | None) -> ml_collections.ConfigDict:
+    """What GRPO and PPO share: variants, optimiser defaults, prompt data and `rl.*`."""
     args = base.parse_arg(arg)
-    config = base.base_config("grpo", model=str(args.pop("model", "tiny")))
+    config = base.base_config(task, model=str(args.pop("model", "tiny")))
     chosen = [m for m in ("lora", "qlora", "prefix") if args.pop(m, False)]
     if len(chosen) > 1 or args:
-        raise ValueError(f"configs/grpo.py: variants {sorted(args) + chosen}: expected "
+        raise ValueError(f"configs/{task}.py: variants {sorted(args) + chosen}: expected "
                          "model=<size> and at most one of lora, qlora, prefix")
     if chosen:
         config.peft.method = chosen[0]
@@ -53,6 +53,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.clean.enabled = False
     config.data.decontaminate.enabled = False
     config.rl = rl_section()
+    return config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """GRPO config; variants: `model=<size>` and one of `lora`, `qlora`, `prefix`."""
+    config = online_rl_config("grpo", arg)
     config.grpo = ml_collections.ConfigDict(dict(
         num_generations=8,  # G completions per prompt
         steps_per_generation=1,  # updates over one rollout batch's disjoint minibatches

@@ -13,32 +13,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import base
-from configs.grpo import rl_section
+from configs.grpo import online_rl_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """PPO config; variants: `model=<size>` and one of `lora`, `qlora`, `prefix`."""
-    args = base.parse_arg(arg)
-    config = base.base_config("ppo", model=str(args.pop("model", "tiny")))
-    chosen = [m for m in ("lora", "qlora", "prefix") if args.pop(m, False)]
-    if len(chosen) > 1 or args:
-        raise ValueError(f"configs/ppo.py: variants {sorted(args) + chosen}: expected "
-                         "model=<size> and at most one of lora, qlora, prefix")
-    if chosen:
-        config.peft.method = chosen[0]
-    config.total_steps = 100
-    config.batch_size = 32
-    config.optim.lr = 1e-5 if config.peft.method == "none" else 1e-4
-    config.optim.warmup_steps = 0
-    config.optim.weight_decay = 0.0
-    config.optim.schedule = "constant"
-    config.checkpoint.every_steps = 50
-    config.eval.every_steps = 0
-    config.data.split.validation = 0.0
-    config.data.clean.enabled = False
-    config.data.decontaminate.enabled = False
-    config.rl = rl_section()
+    config = online_rl_config("ppo", arg)
     config.rl.reward_funcs = ""  # verifiers added to the reward model's score ('' = none)
     config.ppo = ml_collections.ConfigDict(dict(
         reward_model_path="",  # a reward run's workdir or checkpoints/<step> (required)
