@@ -34,12 +34,14 @@ def chromium_path() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("no chromium on PATH (the OS package; playwright install is never run)")
+    # CI installs the OS package (.ci/run); a machine without it fails here, never skips.
+    pytest.fail("no chromium on PATH: install the OS package (apt-get install chromium); "
+                "playwright install is never run")
 
 
 @pytest.fixture
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # the `peers` extra
     path = chromium_path()
     with sync_api.sync_playwright() as pw:
         launched = pw.chromium.launch(executable_path=path, args=["--no-sandbox"])

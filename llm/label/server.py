@@ -147,103 +147,115 @@ def _labeller(value: Any) -> str:
     return value.strip()
 
 
+class LabelHandler(http.server.BaseHTTPRequestHandler):
+    """The page, its assets and the JSON API; `make_handler` binds an assigner and token."""
+
+    server_version = "llm-label"
+    assigner: Assigner
+    token: str = ""
+    lock: threading.Lock
+    # When set, the only Host headers served: without a token, a web page elsewhere could
+    # otherwise reach a loopback server through a DNS name rebound to 127.0.0.1.
+    allowed_hosts: frozenset[str] = frozenset()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base name
+        pass  # one line per request would bury the progress lines
+
+    def _send(self, status: int, body: bytes, ctype: str, cookie: str = "") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", f"{ctype}; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-store")
+        if cookie:
+            self.send_header("Set-Cookie", f"label_token={cookie}; HttpOnly; "
+                             "SameSite=Strict; Path=/")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, value: Any) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json")
+
+    def _authorised(self, query: dict) -> str | None:
+        """None when refused; else the cookie value to set ('' for none)."""
+        if not self.token:
+            return ""
+        cookies = dict(part.strip().partition("=")[::2]
+                       for part in self.headers.get("Cookie", "").split(";") if part)
+        for given in (self.headers.get("X-Label-Token", ""), cookies.get("label_token", "")):
+            if given and hmac.compare_digest(given.encode(), self.token.encode()):
+                return ""
+        given = query.get("token", [""])[0]
+        if given and hmac.compare_digest(given.encode(), self.token.encode()):
+            return self.token
+        return None
+
+    def _route(self, method: str) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        if self.allowed_hosts and self.headers.get("Host", "") not in self.allowed_hosts:
+            return self._json(403, {"error": "unexpected Host header"})
+        cookie = self._authorised(query)
+        if cookie is None:
+            return self._json(401, {"error": "missing or wrong access token"})
+        try:
+            if method == "GET" and url.path in STATIC:
+                name, ctype = STATIC[url.path]
+                page = importlib.resources.files("llm.label.static")
+                return self._send(200, page.joinpath(name).read_bytes(), ctype, cookie)
+            if self._api(method, url.path, query):
+                return None
+        except LabelError as error:
+            return self._json(400, {"error": str(error)})
+        return self._json(404, {"error": f"no such page: {method} {url.path}"})
+
+    def _api(self, method: str, path: str, query: dict) -> bool:
+        """Answer /api/next, /api/judge or /api/undo; False for any other request."""
+        if method == "GET" and path == "/api/next":
+            with self.lock:
+                self._json(200, self.assigner.next(_labeller(query.get("labeller", [""])[0])))
+            return True
+        if method == "POST" and path in ("/api/judge", "/api/undo"):
+            body = self._body()
+            name = _labeller(body.get("labeller"))
+            with self.lock:
+                if path == "/api/judge":
+                    self.assigner.judge(name, body)
+                else:
+                    self.assigner.undo(name)
+                self._json(200, self.assigner.next(name))
+            return True
+        return False
+
+    def _body(self) -> dict:
+        # JSON only: another site's plain form post cannot send this type (CSRF).
+        if self.headers.get("Content-Type", "").split(";")[0] != "application/json":
+            raise LabelError("expected Content-Type: application/json")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise LabelError("request too large")
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise LabelError("expected a JSON object") from None
+        if not isinstance(body, dict):
+            raise LabelError("expected a JSON object")
+        return body
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        """Serve the page, its assets and /api/next."""
+        self._route("GET")
+
+    def do_POST(self) -> None:  # noqa: N802 - the base class's name
+        """Record a judgement or an undo."""
+        self._route("POST")
+
+
 def make_handler(assigner: Assigner, token: str) -> type[http.server.BaseHTTPRequestHandler]:
     """A request handler class bound to one assigner and access token."""
-    page = importlib.resources.files("llm.label.static")
-    lock = threading.Lock()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "llm-label"
-        # When set, the only Host headers served: without a token, a web page elsewhere could
-        # otherwise reach a loopback server through a DNS name rebound to 127.0.0.1.
-        allowed_hosts: frozenset[str] = frozenset()
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base name
-            pass  # one line per request would bury the progress lines
-
-        def _send(self, status: int, body: bytes, ctype: str, cookie: str = "") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", f"{ctype}; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Content-Security-Policy", CSP)
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Cache-Control", "no-store")
-            if cookie:
-                self.send_header("Set-Cookie", f"label_token={cookie}; HttpOnly; "
-                                 "SameSite=Strict; Path=/")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, value: Any) -> None:
-            self._send(status, json.dumps(value).encode(), "application/json")
-
-        def _authorised(self, query: dict) -> str | None:
-            """None when refused; else the cookie value to set ('' for none)."""
-            if not token:
-                return ""
-            cookies = dict(part.strip().partition("=")[::2]
-                           for part in self.headers.get("Cookie", "").split(";") if part)
-            for given in (self.headers.get("X-Label-Token", ""), cookies.get("label_token", "")):
-                if given and hmac.compare_digest(given.encode(), token.encode()):
-                    return ""
-            given = query.get("token", [""])[0]
-            if given and hmac.compare_digest(given.encode(), token.encode()):
-                return token
-            return None
-
-        def _route(self, method: str) -> None:
-            url = urllib.parse.urlsplit(self.path)
-            query = urllib.parse.parse_qs(url.query)
-            if self.allowed_hosts and self.headers.get("Host", "") not in self.allowed_hosts:
-                return self._json(403, {"error": "unexpected Host header"})
-            cookie = self._authorised(query)
-            if cookie is None:
-                return self._json(401, {"error": "missing or wrong access token"})
-            try:
-                if method == "GET" and url.path in STATIC:
-                    name, ctype = STATIC[url.path]
-                    return self._send(200, page.joinpath(name).read_bytes(), ctype, cookie)
-                if method == "GET" and url.path == "/api/next":
-                    with lock:
-                        return self._json(200, assigner.next(_labeller(
-                            query.get("labeller", [""])[0])))
-                if method == "POST" and url.path in ("/api/judge", "/api/undo"):
-                    body = self._body()
-                    name = _labeller(body.get("labeller"))
-                    with lock:
-                        if url.path == "/api/judge":
-                            assigner.judge(name, body)
-                        else:
-                            assigner.undo(name)
-                        return self._json(200, assigner.next(name))
-            except LabelError as error:
-                return self._json(400, {"error": str(error)})
-            return self._json(404, {"error": f"no such page: {method} {url.path}"})
-
-        def _body(self) -> dict:
-            # JSON only: another site's plain form post cannot send this type (CSRF).
-            if self.headers.get("Content-Type", "").split(";")[0] != "application/json":
-                raise LabelError("expected Content-Type: application/json")
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                raise LabelError("request too large")
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise LabelError("expected a JSON object") from None
-            if not isinstance(body, dict):
-                raise LabelError("expected a JSON object")
-            return body
-
-        def do_GET(self) -> None:  # noqa: N802 - the base class's name
-            """Serve the page, its assets and /api/next."""
-            self._route("GET")
-
-        def do_POST(self) -> None:  # noqa: N802 - the base class's name
-            """Record a judgement or an undo."""
-            self._route("POST")
-
-    return Handler
+    return type("Handler", (LabelHandler,), {"assigner": assigner, "token": token,
+                                              "lock": threading.Lock()})
 
 
 def make_server(store: Store, *, host: str = "127.0.0.1", port: int = 0, token: str = "",
