@@ -10,9 +10,12 @@ Shapes: R rows, P prompt width, N completion slots, T = P + N, D model width, V 
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 
 def training_rows(prompt_RP: np.ndarray, prompt_lengths_R: np.ndarray,
@@ -68,3 +71,10 @@ def token_logprobs(model, h_RTD: jax.Array, batch: dict, temperature: float, N: 
     probs_RNV = jax.nn.softmax(logits_RNV, axis=-1)
     entropy_RN = logz_RN - jnp.sum(probs_RNV * jnp.where(probs_RNV > 0, logits_RNV, 0.0), -1)
     return logp_RN, entropy_RN
+
+
+@partial(jax.jit, static_argnames=("graphdef", "temperature", "N"))
+def reference_logprobs(graphdef: nnx.GraphDef, states: tuple, rows: dict, *,
+                       temperature: float, N: int) -> jax.Array:
+    """The frozen reference's per-token log-probs [R, N] of the completions."""
+    return completion_logprobs(nnx.merge(graphdef, *states), rows, temperature, N)[0]

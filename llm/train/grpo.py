@@ -16,7 +16,6 @@ resumed run logs them again exactly.
 from __future__ import annotations
 
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -36,13 +35,6 @@ from llm.train.task import REFERENCE, DataSource, Task
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-
-
-@partial(jax.jit, static_argnames=("graphdef", "temperature", "N"))
-def _reference_logprobs(graphdef: nnx.GraphDef, states: tuple, rows: dict, *,
-                        temperature: float, N: int) -> jax.Array:
-    """The frozen reference's per-token log-probs [R, N] of the completions."""
-    return sequences.completion_logprobs(nnx.merge(graphdef, *states), rows, temperature, N)[0]
 
 
 def aggregate(per_token_RN: jax.Array, mask_RN: jax.Array, loss_type: str, N: int,
@@ -222,7 +214,7 @@ class GrpoTask(Task):
                  "old_logprobs": ro.logprobs_RN.astype(np.float32)}
         start = time.perf_counter()
         if g.beta > 0:
-            batch["ref_logprobs"] = np.asarray(_reference_logprobs(
+            batch["ref_logprobs"] = np.asarray(sequences.reference_logprobs(
                 models.side_graphdefs["reference"], models.side["reference"], rows,
                 temperature=float(rl.temperature), N=N))
         reference_s = time.perf_counter() - start

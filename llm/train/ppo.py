@@ -31,7 +31,7 @@ from llm.rl import ppo as ppo_lib
 from llm.rl import rewards as rewards_lib
 from llm.rl import rollout as rollout_lib
 from llm.rl import samples as samples_lib
-from llm.train.grpo import GrpoTask, _reference_logprobs
+from llm.train.grpo import GrpoTask
 from llm.train.ppo_checks import check_config, check_models, check_tokenizers, value_path
 from llm.train.task import REFERENCE, SideModel
 
@@ -166,7 +166,7 @@ class PpoTask(GrpoTask):
         start = time.perf_counter()
         ref_RN = ro.logprobs_RN
         if "reference" in models.side:
-            ref_RN = np.asarray(_reference_logprobs(
+            ref_RN = np.asarray(sequences.reference_logprobs(
                 models.side_graphdefs["reference"], models.side["reference"], rows,
                 temperature=float(rl.temperature), N=N))
         reference_s, start = time.perf_counter() - start, time.perf_counter()
