@@ -4,9 +4,13 @@
 
 Stages (`llm/demo/`, one module each, run in this order): `data` (the Python standard
 library's own sources → cleaned, deduplicated, tokenised corpus), `pretrain` (a tiny
-LLaMA-style model), `sample` (text from it), `sft` (fine-tuning on generated arithmetic,
-with answer accuracy before and after). Each stage writes under the workdir and can be rerun
-alone; a table of what each achieved and a PNG of the curves close the run.
+LLaMA-style model), `sample` (text from it), `sft` (fine-tuning on generated arithmetic),
+`label` (the SFT model's own answers, verified into preference pairs), `reward` (a reward
+model on those pairs), `dpo` (ORPO on them), `grpo` (the verifier as reward), `ppo` (a short
+run against the reward model) and `eval` (every checkpoint on held-out questions and unseen
+text). Each stage writes under the workdir and can be rerun alone (`--stages=eval`); a table
+of what each achieved, the samples and per-model figures below it, and one PNG with a panel
+per training stage close the run.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ _STAGES = flags.DEFINE_list("stages", list(STAGES), "stages to run, of: " + "; "
 _STEPS = flags.DEFINE_integer("steps", 300, "pretraining steps")
 _SFT_STEPS = flags.DEFINE_integer("sft_steps", 300, "fine-tuning steps")
 _FILES = flags.DEFINE_integer("files", 400, "standard-library files in the corpus")
+_POST_STEPS = flags.DEFINE_integer("post_steps", 0, "steps of each post-training stage "
+                                   "(reward, dpo, grpo, ppo; 0: each stage's own default)")
 
 
 def main(argv: list[str]) -> None:
@@ -43,15 +49,14 @@ def main(argv: list[str]) -> None:
     workdir = pathlib.Path(_WORKDIR.value).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(workdir=workdir, root=ROOT, steps=_STEPS.value, sft_steps=_SFT_STEPS.value,
-                  files=_FILES.value)
+                  files=_FILES.value, post_steps=_POST_STEPS.value)
     summary = []
     for name in _STAGES.value:
         try:
-            seconds, headline = report.run_stage(STAGES[name], ctx)
+            summary.append(report.run_stage(STAGES[name], ctx))
         except (ValueError, RuntimeError) as error:  # bad input: one line, no traceback
             print(f"error: stage {name}: {error}", file=sys.stderr)
             sys.exit(2)
-        summary.append((name, seconds, headline))
     png = report.plot_curves(workdir)
     report.print_table(summary)
     if png:

@@ -42,7 +42,15 @@ def run(ctx: Context) -> dict:
 
 
 def headline(result: dict) -> str:
-    """The table cell: where the corpus went and its counts."""
+    """The table cell: documents read and kept, what was dropped, tokens per split."""
     report = result["report"]
-    counts = report.get("summary", report)
-    return f"prepared {result['prepared']}: " + json.dumps(counts)[:300]
+    stages = {s["stage"]: s for s in report["stages"]}
+    read = stages["read"]["documents_out"]
+    kept = stages["decontaminate"]["documents_out"]
+    dropped = stages["read"]["documents_in"] - kept
+    tokens = {name: sum(v["tokens"] for v in streams.values())
+              for name, streams in report["splits"].items()}
+    return (f"{read} files read, {kept} kept ({dropped} dropped by quality filters, dedup "
+            f"and decontamination); tokens: " + ", ".join(
+                f"{name} {n:,}" for name, n in sorted(tokens.items()))
+            + f"; vocabulary {report['tokenizer']['vocab_size']}")

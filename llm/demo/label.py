@@ -8,11 +8,12 @@ NAME = "label"
 DESCRIPTION = "answers sampled from the fine-tuned model, verified into preference pairs"
 
 
-PROMPTS = 64  # distinct training questions labelled
+PROMPTS = 160  # distinct training questions labelled
+RESPONSES = 8  # sampled answers per question
 
 
 def run(ctx: Context) -> dict:
-    """Four answers per training question from the SFT model; the arithmetic verifier pairs
+    """RESPONSES answers per training question from the SFT model; the arithmetic verifier pairs
     right over wrong (scripts/label.py's sample and verifier modes).
 
     The questions come from the SFT stage's training file, never its held-out one, so a
@@ -31,7 +32,7 @@ def run(ctx: Context) -> dict:
             row = json.loads(line)
             rows.setdefault(row["prompt"], row)
         prompts.write_text("".join(json.dumps(r) + "\n" for r in list(rows.values())[:PROMPTS]))
-    common = [f"output_dir={out}", "label.num_responses=4", "label.batch_size=8",
+    common = [f"output_dir={out}", f"label.num_responses={RESPONSES}", "label.batch_size=32",
               "max_new_tokens=16", "temperature=1.0"]
     spec = str(ctx.root / "configs/label.py")
     modes.run(load_config(spec, ["mode=sample", f"init_from={ctx.workdir / 'sft'}",

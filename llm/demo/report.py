@@ -7,47 +7,79 @@ import pathlib
 import time
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NamedTuple
 
 from llm.demo.context import Context
 
+# One panel per training stage: the metrics.jsonl keys drawn, and the y-axis label.
+CURVES = {
+    "pretrain": (("loss", "eval_loss"), "loss (nats/token)"),
+    "sft": (("loss",), "loss (nats/token)"),
+    "reward": (("loss", "accuracy"), "Bradley-Terry loss / pair accuracy"),
+    "dpo": (("loss", "rewards/accuracies"), "loss / implicit-reward accuracy"),
+    "grpo": (("reward",), "mean verifier reward"),
+    "ppo": (("objective/scores", "objective/kl"), "reward-model score / KL"),
+}
 
-def run_stage(stage: ModuleType, ctx: Context) -> tuple[float, str]:
-    """Run one stage under a banner; returns its seconds and its table headline."""
+
+class StageReport(NamedTuple):
+    """What one stage's run shows: its name, seconds, table cell and text below the table."""
+
+    name: str
+    seconds: float
+    headline: str
+    details: str | None
+
+
+def run_stage(stage: ModuleType, ctx: Context) -> StageReport:
+    """Run one stage under a banner; returns what the closing table shows of it."""
     print(f"\n=== {stage.NAME} ===", flush=True)
     start = time.perf_counter()
     result = stage.run(ctx)
-    return time.perf_counter() - start, stage.headline(result)
+    seconds = time.perf_counter() - start
+    details = stage.details(result) if hasattr(stage, "details") else None
+    return StageReport(stage.NAME, seconds, stage.headline(result), details)
 
 
-def print_table(rows: Sequence[tuple[str, float, str]]) -> None:
-    """Print the markdown table of (stage, seconds, headline) rows."""
+def print_table(reports: Sequence[StageReport]) -> None:
+    """Print the markdown table of stages, then each stage's details below it."""
     print("\n| stage | seconds | result |\n|---|---|---|")
-    for name, seconds, headline in rows:
-        print(f"| {name} | {seconds:.0f} | {headline} |")
+    for r in reports:
+        print(f"| {r.name} | {r.seconds:.0f} | {r.headline} |")
+    for r in reports:
+        if r.details:
+            print(f"\n{r.name}:\n{r.details}")
 
 
 def plot_curves(workdir: pathlib.Path) -> pathlib.Path | None:
-    """PNG of pretraining's training and validation loss from its metrics.jsonl, if any."""
+    """One PNG with a panel per training stage that has a metrics.jsonl, if any."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = workdir / "pretrain" / "metrics.jsonl"
-    if not metrics.exists():
+    panels = {}
+    for stage in CURVES:
+        path = workdir / stage / "metrics.jsonl"
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            panels[stage] = rows
+    if not panels:
         return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    train_rows = [r for r in rows if "loss" in r]
-    eval_rows = [r for r in rows if "eval_loss" in r]
-    ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train")
-    ax.plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-",
-            label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title("pretraining on the Python standard library")
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (stage, rows) in zip(axes[0], panels.items(), strict=True):
+        keys, ylabel = CURVES[stage]
+        for key in keys:
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, "o-" if key.startswith("eval_") else "-", label=key)
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
     path = workdir / "curves.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
     return path

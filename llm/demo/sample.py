@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from llm.demo.context import Context
 
 NAME = "sample"
@@ -18,11 +16,15 @@ def run(ctx: Context) -> dict:
     prompts = ["def ", "import os\n", "class "]
     completions = sampler.complete(prompts, max_new_tokens=48, temperature=0.7, top_p=0.9,
                                    seed=0)
-    for prompt, completion in zip(prompts, completions, strict=True):
-        print(f"--- {prompt!r}\n{prompt}{completion.text}")
     return {"samples": {p: c.text for p, c in zip(prompts, completions, strict=True)}}
 
 
 def headline(result: dict) -> str:
-    """The table cell: the samples themselves, shortened."""
-    return json.dumps(result)[:400]
+    """The table cell: how many samples (the texts follow the table)."""
+    return f"{len(result['samples'])} continuations of code prompts (printed below the table)"
+
+
+def details(result: dict) -> str:
+    """Below the table: each prompt and its sampled continuation."""
+    return "\n".join(f"--- {prompt!r}\n{prompt}{text}"
+                     for prompt, text in result["samples"].items())
