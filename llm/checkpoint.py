@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import time
 from typing import Any
 
@@ -34,6 +35,15 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint or `init_from` path that cannot be used; the message names it."""
+
+
+class ReshardError(RuntimeError):
+    """A checkpoint written by another process count whose data position cannot be moved
+    to this one: the run is refused (the step is sound, so it is never set aside)."""
+
+
+# grain's data-iterator file, one per process (grain/_src/python/checkpoint/handler.py)
+_ITERATOR_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
 
 
 def _key_name(key: Any) -> str:
@@ -139,14 +149,17 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore_latest(self, template_state: Any, shardings: Any, iterator: Any,
-                       mesh: jax.sharding.Mesh | None = None
+                       mesh: jax.sharding.Mesh | None = None, reshardable: bool = False
                        ) -> tuple[int, Any, dict, dict | None] | None:
         """(step, state, loop state, prepared batch or None) of the newest readable step
         (setting aside corrupt ones, one line each), or None."""
         for step in reversed(self.steps()):
             try:
                 with _quiet_libraries():
-                    return step, *self.restore(step, template_state, shardings, iterator, mesh)
+                    return step, *self.restore(step, template_state, shardings, iterator, mesh,
+                                               reshardable)
+            except ReshardError:
+                raise
             except Exception as error:  # a corrupt step: set it aside, use the previous one
                 self._set_aside(step, error)
         return None
@@ -184,21 +197,69 @@ class Checkpointer:
         if problem is not None:
             raise CheckpointError(problem)
 
+    def saved_process_count(self, step: int) -> int | None:
+        """How many processes wrote `step`'s data-iterator state (None: it holds none)."""
+        found = [_ITERATOR_FILE.fullmatch(p.name)
+                 for p in (self.directory / str(step) / "data_iterator").glob("*.json")]
+        counts = {int(m.group(2)) for m in found if m}
+        return max(counts) if counts else None
+
+    def resharded_iterator_state(self, step: int, reshardable: bool) -> dict | None:
+        """None when `step` was written by this run's process count; else the one data
+        position its processes saved, for this count's iterators (`reshardable`: the
+        state counts global batches, the same on every process), or ReshardError."""
+        saved, now = self.saved_process_count(step), jax.process_count()
+        if saved is None or saved == now:
+            return None
+        where = self.directory / str(step)
+        what = f"checkpoint {where} was written by {saved} processes and this run has {now}"
+        if not reshardable:
+            raise ReshardError(
+                f"{what}; this task's data iterator keeps a position per process, which "
+                f"cannot be moved to {now}. Restart with {saved} processes "
+                f"(JAX_NUM_PROCESSES={saved}), or use a new workdir")
+        states = []
+        for index in range(saved):
+            file = where / "data_iterator" / f"process_{index}-of-{saved}.json"
+            if not file.exists():
+                raise CheckpointError(f"{file}: missing (the step's other processes wrote "
+                                      "theirs)")
+            states.append(json.loads(file.read_text()))
+        differs = [i for i, state in enumerate(states) if state != states[0]]
+        if differs:
+            raise ReshardError(
+                f"{what}; its processes saved different data positions (process 0: "
+                f"{states[0]}, process {differs[0]}: {states[differs[0]]}), so there is no "
+                f"one position to resume from. Restart with {saved} processes")
+        if jax.process_index() == 0:
+            print(f"{what}: resuming the data stream at its global position {states[0]}",
+                  flush=True)
+        return states[0]
+
     def restore(self, step: int, template_state: Any, shardings: Any, iterator: Any,
-                mesh: jax.sharding.Mesh | None = None) -> tuple[Any, dict, dict | None]:
-        """Restore one step onto `shardings` (any mesh); the iterator is restored in place,
-        a saved prepared batch onto `mesh`'s batch sharding; raises CheckpointError when a
-        file differs from the step's checksum manifest."""
+                mesh: jax.sharding.Mesh | None = None, reshardable: bool = False
+                ) -> tuple[Any, dict, dict | None]:
+        """Restore one step onto `shardings` (any mesh); the iterator is restored in place
+        (from another process count only when `reshardable`), a saved prepared batch onto
+        `mesh`'s batch sharding; raises CheckpointError when a file differs from the step's
+        checksum manifest, ReshardError when the process count changed and cannot."""
+        moved = None
+        if iterator is not None:
+            moved = self.resharded_iterator_state(step, reshardable)
         # The checksums are read beside orbax's own reading, so a restore costs about the
         # slower of the two; what orbax restored is used only once they match.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             verified = pool.submit(self.verify, step)
             try:
-                restored = self._restore(step, template_state, shardings, iterator, mesh)
+                restored = self._restore(step, template_state, shardings,
+                                         iterator if moved is None else None, mesh)
             except Exception:
                 verified.result()  # a checksum failure is the clearer reason
                 raise
             verified.result()
+        if moved is not None:
+            iterator.set_state(moved)
+            iterator.start_prefetch()  # as grain's own restore does
         return restored
 
     def _restore(self, step: int, template_state: Any, shardings: Any, iterator: Any,

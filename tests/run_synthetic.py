@@ -3,7 +3,9 @@
 usage: python tests/run_synthetic.py KEY=VALUE ...   (config overrides)
        fault points, test-only: --nan-at-step=K (step K's loss is NaN),
        --crash-before-commit=K (die after checkpoint K's files are written, before commit),
-       --hang-at-step=K (preparing step K's batch never returns: a run to kill or compete with)
+       --hang-at-step=K (preparing step K's batch never returns: a run to kill or compete with),
+       --fixed-shards (each process shuffles its own rows: a data stream that cannot be
+       resharded onto another process count)
 """
 
 import os
@@ -32,8 +34,8 @@ BASE = ["total_steps=12", "batch_size=8", "seq_len=32", "log.every_steps=1",
 class NanAtStepTask(SyntheticTask):
     """The synthetic task whose loss (and so every gradient) is NaN at one step."""
 
-    def __init__(self, config, nan_step: int):
-        super().__init__(config)
+    def __init__(self, config, nan_step: int, fixed_shards: bool = False):
+        super().__init__(config, fixed_shards)
         self.nan_step, self.prepared = nan_step, 0
 
     def prepare(self, models, host_batch, rng):
@@ -50,8 +52,8 @@ class NanAtStepTask(SyntheticTask):
 class HangAtStepTask(SyntheticTask):
     """The synthetic task that stops making progress when preparing step K's batch."""
 
-    def __init__(self, config, hang_step: int):
-        super().__init__(config)
+    def __init__(self, config, hang_step: int, fixed_shards: bool = False):
+        super().__init__(config, fixed_shards)
         self.hang_step, self.prepared = hang_step, 0
 
     def prepare(self, models, host_batch, rng):
@@ -74,18 +76,19 @@ def crash_before_commit(step: int) -> type:
 
 
 def main(argv: list[str]) -> None:
-    faults = dict(a[2:].split("=") for a in argv if a.startswith("--"))
+    faults = dict((a[2:] + "=").split("=")[:2] for a in argv if a.startswith("--"))
+    fixed_shards = "fixed-shards" in faults
     overrides = [a for a in argv if not a.startswith("--")]
     config = load_config(str(ROOT / "configs/pretrain.py") + ":model=tiny", BASE + overrides)
     if "crash-before-commit" in faults:
         Checkpointer.temporary_path_class = crash_before_commit(
             int(faults["crash-before-commit"]))
     if "hang-at-step" in faults:
-        task = HangAtStepTask(config, int(faults["hang-at-step"]))
+        task = HangAtStepTask(config, int(faults["hang-at-step"]), fixed_shards)
     elif "nan-at-step" in faults:
-        task = NanAtStepTask(config, int(faults["nan-at-step"]))
+        task = NanAtStepTask(config, int(faults["nan-at-step"]), fixed_shards)
     else:
-        task = SyntheticTask(config)
+        task = SyntheticTask(config, fixed_shards)
     sys.exit(exit_status(train(config, task)))
 
 

@@ -29,9 +29,19 @@ def packed_rows(n_rows: int, seq_len: int, vocab: int, seed: int) -> list[dict]:
 
 
 class SyntheticTask(Task):
-    """Next-token CE on `packed_rows`, batched by grain with a checkpointable iterator."""
+    """Next-token CE on `packed_rows`, batched by grain with a checkpointable iterator.
+
+    As in `llm/data/loaders.py`, process p reads batches p, p + count, ... of one global
+    stream, so the global batches and the iterator state do not depend on the process
+    count (`fixed_shards=True`: each process shuffles its own rows instead, a stream that
+    cannot be resharded).
+    """
 
     name = "synthetic"
+
+    def __init__(self, config, fixed_shards: bool = False):
+        super().__init__(config)
+        self.fixed_shards = fixed_shards
 
     def datasets(self, config, mesh, workdir):
         import jax
@@ -40,16 +50,18 @@ class SyntheticTask(Task):
 
         def make(seed: int, n_rows: int):
             rows = packed_rows(n_rows, config.seq_len, config.model.vocab_size, seed)
-            rows = rows[index::count]  # each process reads its own shard
 
             def iterator():
+                if self.fixed_shards:
+                    ds = grain.MapDataset.source(rows[index::count]).shuffle(seed=config.seed)
+                    return iter(ds.repeat().batch(config.batch_size // count))
                 ds = grain.MapDataset.source(rows).shuffle(seed=config.seed).repeat()
-                return iter(ds.batch(config.batch_size // count, drop_remainder=True))
+                return iter(ds.batch(config.batch_size // count)[index::count])
 
             return iterator
 
-        return (DataSource(make(1, 64), batches_per_epoch=64 // config.batch_size),
-                DataSource(make(2, 16)))
+        return (DataSource(make(1, 64), batches_per_epoch=64 // config.batch_size,
+                           reshardable=not self.fixed_shards), DataSource(make(2, 16)))
 
     def loss(self, model, side, batch, rng):
         logits, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"],

@@ -191,3 +191,15 @@ def test_data_path_takes_several_comma_separated_inputs(tmp_path):
     assert result["step"] == 1
     manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
     assert sorted(i["path"] for i in manifest["inputs"]) == sorted([str(data), str(more)])
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, monkeypatch):
+    from llm import sharding
+    from llm.train import checks
+
+    config = config_for(tmp_path, "batch_size=8")
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": -1})
+    monkeypatch.setattr(checks.jax, "process_count", lambda: 3)
+    with pytest.raises(ConfigError, match="batch_size=8: must divide over the run's 3 "
+                       "processes"):
+        checks.check_loop_settings(config, mesh)

@@ -1,9 +1,10 @@
 """grain loaders over prepared records: pretraining windows, packed SFT, preferences, prompts.
 
 Every loader is a random-access `grain.MapDataset` (window or row i is computed from the
-memory-mapped records), so the pipeline is: source → this process's shard
-(`[shard_index::shard_count]`) → seeded shuffle (a new order each epoch) → repeat
-→ batch → `to_iter_dataset()`. `iter(loader)` gives a grain `DatasetIterator` whose
+memory-mapped records), so the pipeline is: source → seeded shuffle (a new order each
+epoch) → repeat → batch (this process's share) → this process's batches
+(`[shard_index::shard_count]` of them, so the global batch is the same for any process
+count) → `to_iter_dataset()`. `iter(loader)` gives a grain `DatasetIterator` whose
 `get_state()` is the checkpointed position: restoring it with `set_state` yields exactly
 the remaining stream, neither repeating nor skipping an example.
 
@@ -193,15 +194,22 @@ def _pipeline(source, batch_size: int, seed: int, num_epochs: int | None, shard_
     if not 0 <= shard_index < shard_count:
         raise DataError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
     ds = grain.MapDataset.source(source)
-    # Every process gets the same number of examples, so no process waits on a collective.
-    ds = ds[:len(ds) - len(ds) % shard_count][shard_index::shard_count]
     if len(ds) == 0:
-        raise DataError(f"this process's shard ({shard_index} of {shard_count}) holds no "
-                        "examples: the split is too small for the sequence length")
+        raise DataError("the split holds no examples: it is too small for the sequence length")
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
+    # The global stream is cut into process-sized batches and global batch k is batches
+    # k*shard_count .. k*shard_count + shard_count - 1, one per process: the rows a step
+    # trains on, and the iterator position (`next_index` = global batches read), do not
+    # depend on the process count, so a run resumes with another count (see loop.py).
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    # Whole global batches only, so no process waits on a collective the others skip.
+    ds = ds[:len(ds) - len(ds) % shard_count][shard_index::shard_count]
+    if len(ds) == 0:
+        raise DataError(f"this process's shard ({shard_index} of {shard_count}) holds no "
+                        f"batch of {batch_size}: the split is too small for the sequence "
+                        "length and batch size")
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
 
 

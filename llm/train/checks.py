@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from llm import attention as attn_lib
@@ -73,6 +74,11 @@ def check_loop_settings(config: ml_collections.ConfigDict, mesh) -> None:
         raise config_lib.ConfigError(
             f"batch_size={config.batch_size}: each micro-batch ({micro} rows) must divide "
             f"over the mesh's data x fsdp = {divisor} devices")
+    processes = jax.process_count()
+    if config.batch_size % processes:  # each process loads batch_size / processes rows
+        raise config_lib.ConfigError(
+            f"batch_size={config.batch_size}: must divide over the run's {processes} "
+            "processes")
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None

@@ -167,7 +167,7 @@ class GrpoTask(Task):
 
         return DataSource(iterator, batches_per_epoch=count // per_rollout,
                           tokenizer_dir=prepared / "tokenizer",
-                          vocab_size=self.tokenizer.vocab_size), None
+                          vocab_size=self.tokenizer.vocab_size, reshardable=True), None
 
     def eos_ids(self) -> list[int]:
         """Ids that end a completion: EOS and the chat template's end-of-turn marker."""

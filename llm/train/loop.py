@@ -314,7 +314,8 @@ def _resume(run: Run, workdir) -> int:
     if not checkpointer.steps():
         return 0
     shardings = jax.tree.map(lambda x: x.sharding, run.state)
-    restored = checkpointer.restore_latest(run.state, shardings, run.train_iter, run.mesh)
+    restored = checkpointer.restore_latest(run.state, shardings, run.train_iter, run.mesh,
+                                           run.plan.train_data.reshardable)
     if restored is None:
         # A failed restore may have moved the iterator in place: a fresh start reads the
         # data from its beginning, as a first run would.

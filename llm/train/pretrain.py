@@ -81,7 +81,7 @@ class PretrainTask(Task):
 
         epochs = config.num_epochs or None
         train = DataSource(make("train", True, epochs), tokenizer_dir=prepared / "tokenizer",
-                           vocab_size=tokenizer.vocab_size,
+                           vocab_size=tokenizer.vocab_size, reshardable=True,
                            batches_per_epoch=loaders.num_batches(
                                prepared, "train", self.kind, config.seq_len,
                                config.batch_size))

@@ -41,6 +41,10 @@ class DataSource:
     batches_per_epoch: int | None = None
     tokenizer_dir: pathlib.Path | None = None
     vocab_size: int | None = None
+    # The iterator's state is the same on every process and counts global batches (the
+    # `llm/data/loaders.py` pipelines), so a checkpoint resumes with another process count;
+    # otherwise such a restart is refused.
+    reshardable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

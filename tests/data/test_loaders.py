@@ -86,6 +86,36 @@ def test_process_shards_are_disjoint_and_cover(text_dir):
     assert len(parts[0]) == len(parts[1]) == n // 2
 
 
+@pytest.mark.parametrize("processes", [2, 3])
+def test_global_batches_and_positions_do_not_depend_on_the_process_count(text_dir, processes):
+    one = iter(loaders.pretrain_loader(text_dir, "train", 8, 6, seed=2, num_epochs=None))
+    shards = [iter(loaders.pretrain_loader(text_dir, "train", 8, 6 // processes, seed=2,
+                                           num_epochs=None, shard_index=i,
+                                           shard_count=processes))
+              for i in range(processes)]
+    for _ in range(12):  # across epoch boundaries
+        whole = next(one)
+        parts = [next(it) for it in shards]
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+        assert [it.get_state() for it in shards] == [one.get_state()] * processes
+    # so a position saved by one process count is the same position for another
+    moved = iter(loaders.pretrain_loader(text_dir, "train", 8, 6 // processes, seed=2,
+                                         num_epochs=None, shard_index=1,
+                                         shard_count=processes))
+    moved.set_state(one.get_state())
+    expected = next(one)["tokens"][6 // processes:2 * (6 // processes)]
+    np.testing.assert_array_equal(next(moved)["tokens"], expected)
+
+
+def test_a_finite_stream_gives_every_process_the_same_batch_count(text_dir):
+    counts = [len(list(loaders.pretrain_loader(text_dir, "train", 8, 2, seed=0, num_epochs=1,
+                                               shard_index=i, shard_count=3)))
+              for i in range(3)]
+    n = loaders.num_examples(text_dir, "train", "pretrain", 8)
+    assert counts == [n // 2 // 3] * 3
+
+
 def _assert_resume_everywhere(ds, steps):
     """grain-style: restore a fresh iterator at every position and compare the rest."""
     it = iter(ds)
