@@ -18,7 +18,7 @@ from llm.data import DataError, chat, loaders
 from llm.data import prepare as prepare_lib
 from llm.data.tokenizer import Tokenizer
 from llm.loading import load_model
-from llm.train.dpo import DpoTask
+from llm.train import get_task
 from llm.train.loop import train
 
 GOOD = ("apple", "pear", "plum", "fig", "lime", "kiwi")
@@ -100,9 +100,10 @@ def test_a_kto_file_without_labels_names_file_line_and_key(tmp_path):
 
 def test_kto_is_not_mixed_with_paired_losses():
     with pytest.raises(ValueError, match="cannot be mixed with the paired losses"):
-        DpoTask(load_config("configs/dpo.py:model=tiny", ["dpo.loss_type=sigmoid,kto"]))
+        get_task("dpo")(load_config("configs/dpo.py:model=tiny",
+                                    ["dpo.loss_type=sigmoid,kto"]))
     with pytest.raises(ValueError, match="at least 2 rows per micro-batch"):
-        DpoTask(load_config("configs/dpo.py:model=tiny", [
+        get_task("dpo")(load_config("configs/dpo.py:model=tiny", [
             "dpo.loss_type=kto", "batch_size=4", "optim.grad_accum=4"])).check()
 
 

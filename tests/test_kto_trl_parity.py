@@ -10,7 +10,7 @@ import trl_peer
 
 from llm.config import load_config
 from llm.hf import convert as hf
-from llm.train.dpo import DpoTask
+from llm.train import get_task
 
 torch = pytest.importorskip("torch")
 trl = pytest.importorskip("trl")
@@ -66,7 +66,7 @@ def unpaired_rows(seed: int = 0) -> tuple[dict, list[dict]]:
 def our_loss(models, **kto):
     from flax import nnx
 
-    task = DpoTask(load_config("configs/dpo.py:model=tiny", [
+    task = get_task("dpo")(load_config("configs/dpo.py:model=tiny", [
         "dpo.loss_type=kto", *(f"dpo.{k}={v}" for k, v in kto.items())]))
     modules = {name: nnx.merge(graphdef, params)
                for name, (_, graphdef, params, _) in models[2].items()}
@@ -110,7 +110,7 @@ def test_kto_at_initialisation(models):
     from flax import nnx
 
     _, graphdef, params, _ = models[2]["policy"]
-    task = DpoTask(load_config("configs/dpo.py:model=tiny", [
+    task = get_task("dpo")(load_config("configs/dpo.py:model=tiny", [
         "dpo.loss_type=kto", *(f"dpo.{k}={v}" for k, v in KTO.items())]))
     policy = nnx.merge(graphdef, params)
     loss_sum, sums = task.loss(policy, {"reference": policy}, unpaired_rows()[0], None)

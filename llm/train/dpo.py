@@ -203,21 +203,19 @@ class PreferenceTask(PretrainTask):
 
 
 class DpoTask(PreferenceTask):
-    """Direct preference optimisation and its relatives on prepared preference pairs;
-    `dpo.loss_type=kto` makes it a `llm.train.kto.KtoTask` (unpaired rows)."""
+    """Direct preference optimisation and its relatives on prepared preference pairs
+    (`get_task('dpo')` gives `llm.train.kto.KtoTask` for `dpo.loss_type=kto`)."""
 
     name = "dpo"
-
-    def __new__(cls, config):
-        if cls is DpoTask and parse_loss_types(config.dpo)[0] == UNPAIRED:
-            from llm.train.kto import KtoTask
-
-            return super().__new__(KtoTask)
-        return super().__new__(cls)
+    unpaired = False  # whether the task trains on unpaired rows (KtoTask)
 
     def __init__(self, config):
         super().__init__(config)
         self.loss_types, self.loss_weights = parse_loss_types(config.dpo)
+        if (self.loss_types == UNPAIRED) != self.unpaired:
+            raise ValueError(f"dpo.loss_type={config.dpo.loss_type!r} is not a loss of "
+                             f"{type(self).__name__}; build the task with "
+                             "llm.train.get_task('dpo')(config)")
 
     def check(self) -> None:
         """The `dpo.*` keys, before any data is prepared."""

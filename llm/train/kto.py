@@ -80,6 +80,7 @@ class KtoTask(DpoTask):
     """KTO on prepared unpaired rows (`DpoTask` with `dpo.loss_type=kto`)."""
 
     kind = "unpaired"
+    unpaired = True
 
     def records(self, prepared, split: str):
         """The unpaired record set of a split (no rejected stream)."""
