@@ -1,5 +1,6 @@
 """DPO and its relatives (full, LoRA, QLoRA or prefix) on preference JSONL
-(`prompt`/`chosen`/`rejected` rows), starting from an SFT run.
+(`prompt`/`chosen`/`rejected` rows), starting from an SFT run; `dpo.loss_type=kto` trains
+on unpaired rows (`prompt`/`completion`/`label`) instead.
 
 python scripts/train.py --config=configs/dpo.py:model=tiny,lora --config.init_from=SFT_DIR \
     --config.data.path=preference.jsonl --config.workdir=DIR --config.dpo.loss_type=sigmoid
@@ -30,10 +31,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = preference_config("dpo", arg)
     config.optim.lr = 5e-6 if config.peft.method == "none" else 5e-5
     config.dpo = ml_collections.ConfigDict(dict(
-        loss_type="sigmoid",  # sigmoid|ipo|hinge|robust|simpo|orpo|sft, or a list: "sigmoid,sft"
+        loss_type="sigmoid",  # sigmoid|ipo|hinge|robust|simpo|orpo|sft, or a list: "sigmoid,sft";
+        # or kto alone (unpaired rows; llm/train/kto.py)
         loss_weights="",  # comma-separated, one per loss_type; "" = all 1.0
         beta=0.1, label_smoothing=0.0,  # ε: conservative DPO (sigmoid), robust DPO (robust)
         simpo_gamma=0.5,  # SimPO's target margin γ
+        desirable_weight=1.0, undesirable_weight=1.0,  # KTO's weights on the two labels
         truncation_mode="skip",  # pairs over seq_len: skip | keep_start | keep_end (counted)
         eval_file="",  # prompt/answer JSONL scored with greedy decoding at each eval
         eval_examples=200, eval_verifier="arithmetic", eval_max_new_tokens=32))

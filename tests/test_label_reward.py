@@ -35,8 +35,8 @@ def test_verifier_labels_train_a_reward_model_that_labels_in_turn(sft_arithmetic
 
     result = train(load_config("configs/reward.py:model=tiny", [
         f"workdir={tmp_path / 'rm'}", f"init_from={sft_arithmetic.workdir}",
-        # every right-over-wrong pair of a question shares its prompt and chosen answer,
-        # which the default dedup key (prompt + chosen) would count as one document
+        # as labelled: repeated identical pairs kept (the default dedup, by the whole pair,
+        # would drop them)
         f"data.path={out / 'preferences.jsonl'}", "data.split.validation=0.15",
         "data.dedup.exact=False", "data.dedup.near=False",
         "data.num_workers=0", "batch_size=16", "seq_len=64", "total_steps=150",

@@ -9,9 +9,10 @@ count) → `to_iter_dataset()`. `iter(loader)` gives a grain `DatasetIterator` w
 the remaining stream, neither repeating nor skipping an example.
 
 Batches are dicts of numpy arrays [batch_size, seq_len] (batch_size is this process's
-share): `tokens`, `targets` (next token), `positions` (restarting at 0 per document in
-the row), `segment_ids` (1, 2, ... per document, 0 on padding) and `loss_mask` (float32:
-0 where the target crosses into another document or padding, or is not to be learnt).
+share; per-row values such as a pair's `margin` are [batch_size]): `tokens`, `targets`
+(next token), `positions` (restarting at 0 per document in the row), `segment_ids` (1, 2,
+... per document, 0 on padding) and `loss_mask` (float32: 0 where the target crosses into
+another document or padding, or is not to be learnt).
 """
 
 from __future__ import annotations
@@ -128,9 +129,26 @@ class _PackedRows:
 TRUNCATION_MODES = ("skip", "keep_start", "keep_end")
 
 
-def long_pairs(chosen: RecordSet, rejected: RecordSet, seq_len: int) -> np.ndarray:
-    """Indices of the pairs whose chosen or rejected sequence is longer than seq_len."""
-    return np.flatnonzero((chosen.lengths > seq_len) | (rejected.lengths > seq_len))
+def long_pairs(chosen: RecordSet, rejected: RecordSet | None, seq_len: int) -> np.ndarray:
+    """Indices of the pairs whose chosen or rejected sequence is longer than seq_len (of the
+    unpaired rows longer than seq_len when `rejected` is None)."""
+    too_long = chosen.lengths > seq_len
+    if rejected is not None:
+        too_long |= rejected.lengths > seq_len
+    return np.flatnonzero(too_long)
+
+
+def _check_mode(truncation_mode: str) -> None:
+    if truncation_mode not in TRUNCATION_MODES:
+        raise DataError(f"truncation_mode={truncation_mode!r}: expected one of "
+                        f"{TRUNCATION_MODES}")
+
+
+def _cut(ids: np.ndarray, mask: np.ndarray, seq_len: int, mode: str):
+    """keep_end keeps a sequence's last seq_len tokens; pack_row cuts the rest from the end."""
+    if mode == "keep_end":
+        return ids[-seq_len:], mask[-seq_len:]
+    return ids, mask
 
 
 class _Pairs:
@@ -145,9 +163,7 @@ class _Pairs:
                  truncation_mode: str = "keep_start"):
         if len(chosen) != len(rejected):
             raise DataError("chosen and rejected records differ in count")
-        if truncation_mode not in TRUNCATION_MODES:
-            raise DataError(f"truncation_mode={truncation_mode!r}: expected one of "
-                            f"{TRUNCATION_MODES}")
+        _check_mode(truncation_mode)
         self._c, self._r, self._len, self._pad = chosen, rejected, seq_len, pad_id
         self._mode = truncation_mode
         self._index = np.arange(len(chosen))
@@ -161,12 +177,43 @@ class _Pairs:
         out = {}
         record = int(self._index[i])
         for name, rs in (("chosen", self._c), ("rejected", self._r)):
-            ids, mask = rs.tokens(record), rs.mask(record)
-            if self._mode == "keep_end":
-                ids, mask = ids[-self._len:], mask[-self._len:]
+            ids, mask = _cut(rs.tokens(record), rs.mask(record), self._len, self._mode)
             row = pack_row([(ids, mask)], self._len, self._pad)
             out.update({f"{name}_{k}": v for k, v in row.items()})
+        extra = self._c.extra(record)  # None in data prepared before margins were kept
+        out["margin"] = np.float32(extra["margin"] if extra else 0.0)
+        out["record_index"] = np.int32(record)
         return out
+
+
+class _Unpaired:
+    """Row i: one prompt + completion (KTO's unpaired row), loss on completion tokens, its
+    `label` (1 desirable, 0 undesirable), `prompt_lengths` (prompt tokens kept in the row)
+    and `record_index`. Rows longer than seq_len as in `_Pairs`."""
+
+    def __init__(self, records: RecordSet, seq_len: int, pad_id: int,
+                 truncation_mode: str = "keep_start"):
+        _check_mode(truncation_mode)
+        self._rs, self._len, self._pad, self._mode = records, seq_len, pad_id, truncation_mode
+        self._index = np.arange(len(records))
+        if truncation_mode == "skip":
+            self._index = np.setdiff1d(self._index, long_pairs(records, None, seq_len))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> dict:
+        record = int(self._index[i])
+        ids, mask = self._rs.tokens(record), self._rs.mask(record)
+        extra = self._rs.extra(record)
+        prompt = int(extra["prompt_length"])
+        if self._mode == "keep_end" and len(ids) > self._len:
+            prompt = max(0, prompt - (len(ids) - self._len))
+        ids, mask = _cut(ids, mask, self._len, self._mode)
+        row = pack_row([(ids, mask)], self._len, self._pad)
+        return {**row, "label": np.int32(bool(extra["label"])),
+                "prompt_lengths": np.int32(min(prompt, self._len)),
+                "record_index": np.int32(record)}
 
 
 class _Prompts:
@@ -235,13 +282,30 @@ def preference_loader(prepared_dir, split: str, seq_len: int, batch_size: int, s
                       num_epochs: int | None, shard_index: int = 0, shard_count: int = 1,
                       shuffle: bool = True, drop_remainder: bool = True,
                       truncation_mode: str = "keep_start") -> grain.IterDataset:
-    """Batches of `chosen_*` and `rejected_*` rows; loss only on response tokens; pairs
-    longer than seq_len as `truncation_mode` says (see `_Pairs`)."""
+    """Batches of `chosen_*` and `rejected_*` rows (loss only on response tokens), each
+    pair's `margin` (0 when the row gave none) and `record_index`; pairs longer than
+    seq_len as `truncation_mode` says (see `_Pairs`)."""
     chosen, meta = _records(prepared_dir, split, "chosen")
     rejected, _ = _records(prepared_dir, split, "rejected")
     return _pipeline(_Pairs(chosen, rejected, seq_len, meta["pad_id"], truncation_mode),
                      batch_size, seed, num_epochs, shard_index, shard_count, shuffle,
                      drop_remainder)
+
+
+def unpaired_loader(prepared_dir, split: str, seq_len: int, batch_size: int, seed: int,
+                    num_epochs: int | None, shard_index: int = 0, shard_count: int = 1,
+                    shuffle: bool = True, drop_remainder: bool = True,
+                    truncation_mode: str = "keep_start") -> grain.IterDataset:
+    """Batches of unpaired (KTO) rows: the packed-row keys plus `label`, `prompt_lengths`
+    and `record_index` (see `_Unpaired`)."""
+    rs, meta = _records(prepared_dir, split, "completion")
+    return _pipeline(_Unpaired(rs, seq_len, meta["pad_id"], truncation_mode), batch_size,
+                     seed, num_epochs, shard_index, shard_count, shuffle, drop_remainder)
+
+
+def unpaired_records(prepared_dir, split: str) -> RecordSet:
+    """The unpaired (KTO) record set of a prepared split."""
+    return _records(prepared_dir, split, "completion")[0]
 
 
 def preference_records(prepared_dir, split: str) -> tuple[RecordSet, RecordSet]:
@@ -267,10 +331,10 @@ def num_examples(prepared_dir, split: str, kind: str, seq_len: int) -> int:
     if kind == "sft":
         rs = RecordSet(prepared_dir, split, "sft", meta["dtype"])
         return len(_PackedRows(rs, seq_len, meta["pad_id"]))
-    stream = {"preference": "chosen", "prompt": "prompt"}.get(kind)
+    stream = {"preference": "chosen", "unpaired": "completion", "prompt": "prompt"}.get(kind)
     if stream is None:
         raise DataError(f"unknown loader kind {kind!r}; expected pretrain, sft, preference, "
-                        "prompt")
+                        "unpaired, prompt")
     return len(RecordSet(prepared_dir, split, stream, meta["dtype"]))
 
 

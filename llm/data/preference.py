@@ -1,5 +1,6 @@
-"""Row rules for preference pairs, applied when data is prepared: a pair that cannot teach
-a preference is dropped, counted in report.json and listed in removed.jsonl."""
+"""Row rules for preference pairs and unpaired (KTO) rows, applied when data is prepared:
+a row that cannot teach a preference is dropped, counted in report.json and listed in
+removed.jsonl."""
 
 from __future__ import annotations
 
@@ -13,3 +14,8 @@ def pair_problem(fields: dict) -> str | None:
     if fields["chosen"].strip() == fields["rejected"].strip():
         return "identical_pair"
     return None
+
+
+def unpaired_problem(fields: dict) -> str | None:
+    """Why a `prompt`/`completion`/`label` (KTO) row is unusable ('empty_completion'), or None."""
+    return None if fields["completion"].strip() else "empty_completion"

@@ -1,7 +1,7 @@
 """Tokenised shards on disk: memory-mapped token arrays with document offsets.
 
-A *stream* (e.g. `text`, `sft`, `chosen`, `rejected`, `prompt`) of one split is a set of
-shards `records/<split>/<stream>-<k>.*`:
+A *stream* (e.g. `text`, `sft`, `chosen`, `rejected`, `completion`, `prompt`) of one split
+is a set of shards `records/<split>/<stream>-<k>.*`:
 
   `.tokens.bin`  all documents' ids back to back (uint16 if the vocabulary fits, else uint32)
   `.offsets.npy` int64 [n + 1], document i is tokens[offsets[i]:offsets[i + 1]]
@@ -41,6 +41,7 @@ _STREAM_ROWS = {
     "sft": "a 'messages' list of {role, content} turns (chat)",
     "chosen": "'prompt', 'chosen' and 'rejected' (preferences)",
     "rejected": "'prompt', 'chosen' and 'rejected' (preferences)",
+    "completion": "'prompt', 'completion' and 'label' (unpaired rows for KTO)",
     "prompt": "a 'prompt' (and an 'answer') but no text field (RL prompts)",
 }
 

@@ -3,7 +3,9 @@
 A text file is one document (line 1); a JSONL line or a Parquet row is one record (1-based
 line or row number). `.gz` and `.zst` compression is undone on the fly. A record's
 *kind* is decided by its fields: `text` (the configured text field), `chat` (`messages`),
-`preference` (`prompt`/`chosen`/`rejected`) or `prompt` (`prompt`, optional `answer`).
+`preference` (`prompt`/`chosen`/`rejected`, optional numeric `margin`), `unpaired`
+(`prompt`/`completion`/`label` true or false: KTO's rows) or `prompt` (`prompt`, optional
+`answer`).
 A labelled preference row whose `outcome` is `tie` or `skip` (no pair decided; see
 `llm/label/store.py`) is counted in `ReadStats` as `preference_tie` / `preference_skip` and
 not yielded. Bad input (malformed JSON, missing or mistyped fields, bytes or escapes that
@@ -37,7 +39,7 @@ TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".py")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 COMPRESSED = (".gz", ".zst")
-KINDS = ("text", "chat", "preference", "prompt")
+KINDS = ("text", "chat", "preference", "unpaired", "prompt")
 # Labelled preference rows that decide no pair (llm/label writes them): counted, never paired.
 UNPAIRED_OUTCOMES = ("tie", "skip")
 ROLES = ("system", "user", "assistant")
@@ -139,6 +141,8 @@ def classify(fields: dict, text_field: str) -> str | None:
     if ("chosen" in fields and "rejected" in fields) or (
             "prompt" in fields and ("chosen" in fields or "rejected" in fields)):
         return "preference"  # a prompt with only one response is a broken pair, not RL
+    if "completion" in fields or ("prompt" in fields and "label" in fields):
+        return "unpaired"  # a labelled row without its label is a broken KTO row, not RL
     if text_field in fields:
         return "text"
     if "prompt" in fields:
@@ -171,7 +175,8 @@ def _parse(fields: dict, text_field: str) -> tuple[str, dict]:
     kind = classify(fields, text_field)
     if kind is None:
         raise _Bad("missing_field", f"no known field: expected '{text_field}', 'messages', "
-                   f"'prompt'/'chosen'/'rejected' or 'prompt'; got {sorted(fields)[:8]}")
+                   f"'prompt'/'chosen'/'rejected', 'prompt'/'completion'/'label' or 'prompt'; "
+                   f"got {sorted(fields)[:8]}")
     if kind == "text":
         return kind, {"text": _string(fields[text_field], text_field)}
     fields = dict(fields)
@@ -191,11 +196,28 @@ def _parse(fields: dict, text_field: str) -> tuple[str, dict]:
                                                                 f"messages[{n}].content")))
         fields["messages"] = checked
         return kind, fields
-    for key in ("prompt", "chosen", "rejected") if kind == "preference" else ("prompt",):
+    for key in _TEXT_FIELDS[kind]:
         if key not in fields:
             raise _Bad("missing_field", f"{kind} record is missing field '{key}'")
         fields[key] = _string(fields[key], key)
+    if kind == "unpaired":
+        if "label" not in fields:
+            raise _Bad("missing_field", "unpaired (KTO) record is missing field 'label' "
+                       "(true: a desirable completion, false: an undesirable one)")
+        if not isinstance(fields["label"], bool):
+            raise _Bad("bad_field", f"'label' is a {type(fields['label']).__name__}, "
+                       "expected true or false")
+    if kind == "preference" and "margin" in fields:
+        margin = fields["margin"]
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not np.isfinite(
+                margin):
+            raise _Bad("bad_field", f"'margin' is {margin!r}, expected a finite number")
+        fields["margin"] = float(margin)
     return kind, fields
+
+
+_TEXT_FIELDS = {"preference": ("prompt", "chosen", "rejected"),
+                "unpaired": ("prompt", "completion"), "prompt": ("prompt",)}
 
 
 def is_record_file(path: pathlib.Path) -> bool:

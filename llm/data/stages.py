@@ -32,14 +32,26 @@ BATCH = 512  # documents per signature batch
 
 
 def content_key(kind: str, fields: dict) -> str:
-    """The text a document is deduplicated, split and decontaminated by."""
+    """The text a document is deduplicated and decontaminated by: a preference row is the
+    whole pair (two right-over-wrong pairs sharing prompt and chosen are two pairs), an
+    unpaired row its prompt, completion and label."""
     if kind == "text":
         return fields["text"]
     if kind == "chat":
         return "\n".join(m["content"] for m in fields["messages"])
     if kind == "preference":
-        return fields["prompt"] + "\n" + fields["chosen"]
+        return "\n".join((fields["prompt"], fields["chosen"], fields["rejected"]))
+    if kind == "unpaired":
+        return "\n".join((fields["prompt"], fields["completion"], str(fields["label"])))
     return fields["prompt"]
+
+
+def split_key(kind: str, fields: dict) -> str:
+    """The text a document's split is drawn from: rows built on a prompt go by the prompt
+    alone, so no prompt is on both sides of the train/validation split."""
+    if kind in ("preference", "unpaired", "prompt"):
+        return fields["prompt"]
+    return content_key(kind, fields)
 
 
 def order_key(file_index: int, line: int) -> int:
@@ -108,7 +120,10 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
                                                filter="no_target_tokens", value=0,
                                                threshold=1))
                     continue
-                if rec.kind == "preference" and (problem := preference.pair_problem(fields)):
+                problem = (preference.pair_problem(fields) if rec.kind == "preference" else
+                           preference.unpaired_problem(fields) if rec.kind == "unpaired"
+                           else None)
+                if problem:
                     counts["filters"][problem] = counts["filters"].get(problem, 0) + 1
                     removed.append(removed_row(rec.source, rec.line, "preference_rows",
                                                problem))
@@ -119,7 +134,8 @@ def scan_shard(cfg: dict, files: list[str], shard: int, num_shards: int, out: st
                 exact.append(dedup.exact_key(key))
                 spill.write(json.dumps({"o": o, "source": rec.source, "line": rec.line,
                                         "kind": rec.kind, "fields": fields,
-                                        "split": split.split_of(key, c.split.validation,
+                                        "split": split.split_of(split_key(rec.kind, fields),
+                                                                c.split.validation,
                                                                 c.split.test)}) + "\n")
                 batch.append(key)
                 if len(batch) == BATCH:
@@ -259,8 +275,16 @@ def tokenise_shard(cfg: dict, out: str, shard: int, dropped: dict, tok_dir: str,
                 prompt = chat.render_prompt(tok, f["prompt"])
                 for stream in ("chosen", "rejected"):
                     resp = chat.render_response(tok, f[stream])
-                    writer(sp, stream, True, False).add(prompt + resp,
-                                                         [0] * len(prompt) + [1] * len(resp))
+                    # the chosen stream carries the pair's margin (the reward task's loss)
+                    extra = {"margin": f.get("margin", 0.0)} if stream == "chosen" else None
+                    writer(sp, stream, True, stream == "chosen").add(
+                        prompt + resp, [0] * len(prompt) + [1] * len(resp), extra)
+            elif kind == "unpaired":
+                prompt = chat.render_prompt(tok, f["prompt"])
+                resp = chat.render_response(tok, f["completion"])
+                writer(sp, "completion", True, True).add(
+                    prompt + resp, [0] * len(prompt) + [1] * len(resp),
+                    {"label": f["label"], "prompt_length": len(prompt)})
             else:
                 writer(sp, "prompt", False, True).add(
                     chat.render_prompt(tok, f["prompt"]), extra={"answer": f.get("answer")})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from llm import losses
 from llm.train.pretrain import PretrainTask
@@ -22,15 +23,20 @@ from llm.train.task import REFERENCE
 
 REFERENCE_FREE = ("simpo", "orpo", "sft")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", *REFERENCE_FREE)
+UNPAIRED = ("kto",)  # trained on unpaired rows (llm/train/kto.py), never mixed with pairs
 
 
 def parse_loss_types(dpo) -> tuple[tuple[str, ...], tuple[float, ...]]:
     """(names, weights) from `dpo.loss_type` and `dpo.loss_weights`; errors name the key."""
     names = tuple(n.strip() for n in str(dpo.loss_type).split(",") if n.strip())
-    bad = [n for n in names if n not in LOSS_TYPES]
+    bad = [n for n in names if n not in LOSS_TYPES + UNPAIRED]
     if not names or bad:
         raise ValueError(f"dpo.loss_type={dpo.loss_type!r}: expected one or more (comma-"
-                         f"separated) of {', '.join(LOSS_TYPES)}")
+                         f"separated) of {', '.join(LOSS_TYPES)}, or kto alone")
+    if set(names) & set(UNPAIRED) and len(names) > 1:
+        raise ValueError(f"dpo.loss_type={dpo.loss_type!r}: kto learns from unpaired rows "
+                         "(prompt/completion/label) and cannot be mixed with the paired losses "
+                         f"({', '.join(LOSS_TYPES)}); use dpo.loss_type=kto alone")
     if not str(dpo.loss_weights).strip():
         return names, (1.0,) * len(names)
     try:
@@ -104,9 +110,11 @@ def preference_metrics(chosen_rewards_P, rejected_rewards_P, chosen_logps_P,
             "logps/rejected": jnp.sum(jax.lax.stop_gradient(rejected_logps_P))}
 
 
-def report_long_pairs(prepared, workdir, seq_len: int, mode: str, key: str) -> int:
+def report_long_pairs(prepared, workdir, seq_len: int, mode: str, key: str,
+                      records=None) -> int:
     """Count, print and list (`workdir/removed_pairs.jsonl`, `removed_row` rows) the train
-    and validation pairs longer than seq_len; returns the train split's count."""
+    and validation pairs longer than seq_len; returns the train split's count. `records`
+    (prepared, split) -> (chosen, rejected or None) reads another row kind's records."""
     import json
     import pathlib
 
@@ -116,14 +124,15 @@ def report_long_pairs(prepared, workdir, seq_len: int, mode: str, key: str) -> i
     rows, counts = [], {}
     for split in ("train", "validation"):
         try:
-            chosen, rejected = loaders.preference_records(prepared, split)
+            chosen, rejected = (records or loaders.preference_records)(prepared, split)
         except DataError:  # no such split
             continue
         long = loaders.long_pairs(chosen, rejected, seq_len)
         counts[split] = len(long)
+        longest = chosen.lengths if rejected is None else np.maximum(chosen.lengths,
+                                                                     rejected.lengths)
         rows += [removed_row(f"{prepared}/{split}", int(i), "load", f"too_long:{mode}",
-                             value=int(max(chosen.lengths[i], rejected.lengths[i])),
-                             threshold=seq_len) for i in long]
+                             value=int(longest[i]), threshold=seq_len) for i in long]
     if rows and jax.process_index() == 0:
         print(f"{key}={mode}: {counts} pairs longer than seq_len={seq_len} "
               f"{'left out' if mode == 'skip' else 'truncated (' + mode + ')'}; listed in "
@@ -144,6 +153,12 @@ class PreferenceTask(PretrainTask):
     """
 
     kind = "preference"
+
+    def records(self, prepared, split: str):
+        """(chosen, rejected) record sets of a split (rejected None for unpaired rows)."""
+        from llm.data import loaders
+
+        return loaders.preference_records(prepared, split)
 
     @property
     def truncation_mode(self) -> str:
@@ -169,11 +184,10 @@ class PreferenceTask(PretrainTask):
     def datasets(self, config, mesh, workdir):
         train, held_out = super().datasets(config, mesh, workdir)
         long = report_long_pairs(self.prepared_dir, workdir, config.seq_len,
-                                 self.truncation_mode, f"{self.name}.truncation_mode")
+                                 self.truncation_mode, f"{self.name}.truncation_mode",
+                                 self.records)
         if self.truncation_mode == "skip" and train.batches_per_epoch:
-            from llm.data import loaders
-
-            pairs = len(loaders.preference_records(self.prepared_dir, "train")[0])
+            pairs = len(self.records(self.prepared_dir, "train")[0])
             train.batches_per_epoch = (pairs - long) // config.batch_size
         return train, held_out
 
@@ -189,13 +203,19 @@ class PreferenceTask(PretrainTask):
 
 
 class DpoTask(PreferenceTask):
-    """Direct preference optimisation and its relatives on prepared preference pairs."""
+    """Direct preference optimisation and its relatives on prepared preference pairs
+    (`get_task('dpo')` gives `llm.train.kto.KtoTask` for `dpo.loss_type=kto`)."""
 
     name = "dpo"
+    unpaired = False  # whether the task trains on unpaired rows (KtoTask)
 
     def __init__(self, config):
         super().__init__(config)
         self.loss_types, self.loss_weights = parse_loss_types(config.dpo)
+        if (self.loss_types == UNPAIRED) != self.unpaired:
+            raise ValueError(f"dpo.loss_type={config.dpo.loss_type!r} is not a loss of "
+                             f"{type(self).__name__}; build the task with "
+                             "llm.train.get_task('dpo')(config)")
 
     def check(self) -> None:
         """The `dpo.*` keys, before any data is prepared."""

@@ -87,3 +87,40 @@ def test_long_pairs_are_skipped_or_truncated_as_asked(long_pairs_dir):
 def test_unknown_truncation_mode_is_an_error(long_pairs_dir):
     with pytest.raises(DataError, match="truncation_mode='left'"):
         first_batch(long_pairs_dir, "left", 64)
+
+
+def prompt_ids(records, i) -> tuple:
+    """The prompt part (loss mask 0) of record i's token ids."""
+    return tuple(records.tokens(i)[records.mask(i) == 0].tolist())
+
+
+def test_dedup_is_by_the_whole_pair(tmp_path):
+    """Two right-over-wrong pairs sharing prompt and chosen are two pairs; only a repeat of
+    the whole pair is a duplicate."""
+    rows = good_rows(10)
+    rows.append(dict(rows[0], rejected="another wrong answer"))
+    rows.append(dict(rows[1]))  # the whole pair again
+    out = prepare(_config(write_pairs(tmp_path / "pairs.jsonl", rows), tmp_path / "out",
+                          **{"dedup.near": False}))
+    removed = [json.loads(line) for line in (out / "removed.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["filter"]) for r in removed] == [(12, "exact_duplicate")]
+    chosen, rejected = loaders.preference_records(out, "train")
+    assert len(chosen) == len(rejected) == 11
+
+
+def test_the_split_is_by_prompt(tmp_path):
+    """Pairs sharing a prompt land on one side of the train/validation split together."""
+    rng = np.random.default_rng(1)
+    rows = [{"prompt": f"question {q}", "chosen": f"right {q} {k}",
+             "rejected": " ".join(rng.choice(WORDS, 3)) + f" {k}"}
+            for q in range(40) for k in range(3)]
+    out = prepare(_config(write_pairs(tmp_path / "pairs.jsonl", rows), tmp_path / "out",
+                          **{"dedup.near": False, "split.validation": 0.3}))
+    sides = {}
+    for split in ("train", "validation"):
+        chosen, _ = loaders.preference_records(out, split)
+        sides[split] = [prompt_ids(chosen, i) for i in range(len(chosen))]
+    assert len(sides["train"]) + len(sides["validation"]) == 120
+    assert sides["validation"] and not set(sides["train"]) & set(sides["validation"])
+    for split, prompts in sides.items():  # every prompt keeps all three of its pairs
+        assert all(prompts.count(p) == 3 for p in prompts), split
