@@ -14,7 +14,9 @@ from the left, then the continuation's head when it alone is too long), as lm-ev
 cuts are counted in `Scorer.truncated`.
 
 Shapes: C contexts, B continuation rows, P context bucket, T continuation bucket,
-S = P + T cache slots, V vocabulary.
+S = P + T cache slots, V vocabulary. P and T are the powers of two at or above the longest
+context and continuation of the whole call, B is `batch_size` and C a power of two, so a
+call compiles one program per distinct C (one, when every batch holds as many contexts).
 """
 
 from __future__ import annotations
@@ -48,10 +50,8 @@ def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: 
 
 
 def bucket(n: int) -> int:
-    """Padded length: the next power of two up to 64, then the next multiple of 64."""
-    if n <= 64:
-        return 1 << (max(n, 1) - 1).bit_length()
-    return -(-n // 64) * 64
+    """Padded size: the next power of two (a few compiled shapes for any workload)."""
+    return 1 << (max(n, 1) - 1).bit_length()
 
 
 @dataclasses.dataclass
@@ -91,8 +91,10 @@ def _score(graphdef: nnx.GraphDef, params: Any, context_CP: jax.Array,
     B, T = cont_BT.shape
     cache = model_lib.init_cache(cfg, C, P + T)  # the compute dtype, as decoding uses
     positions_CP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32)[None], (C, P))
-    logits_CPV, cache = model(context_CP, positions_CP, cache=cache)
-    last_CV = jnp.take_along_axis(logits_CPV, (context_len_C - 1)[:, None, None], 1)[:, 0]
+    h_CPD, cache = model.hidden(context_CP, positions_CP, cache=cache)
+    # only each context's last position needs the LM head
+    last_CD = jnp.take_along_axis(h_CPD, (context_len_C - 1)[:, None, None], 1)[:, 0]
+    last_CV = model.logits(last_CD)
     cache_B = jax.tree.map(lambda x: x[group_B], cache)  # each row's copy of its context
     positions_BT = context_len_C[group_B][:, None] + jnp.arange(T, dtype=jnp.int32)[None]
     logits_BTV, _ = model(cont_BT, positions_BT, cache=cache_B)
@@ -133,9 +135,12 @@ class Scorer:
         order = sorted(groups.items(), key=lambda g: -len(g[0]) - max(
             len(pairs[i][1]) for i in g[1]))
         results: list[tuple[float, bool] | None] = [None] * len(pairs)
+        # one padded length per call (not per batch), so a call compiles few programs
+        P = bucket(max(len(context) for context, _ in pairs)) if pairs else 1
+        T = bucket(max(len(continuation) for _, continuation in pairs)) if pairs else 1
         for chunk in self._chunks(order):
             for i, value in zip([i for _, rows in chunk for i in rows],
-                                self._score_chunk(chunk, pairs), strict=True):
+                                self._score_chunk(chunk, pairs, P, T), strict=True):
                 results[i] = value
             if progress is not None:
                 progress(sum(len(rows) for _, rows in chunk))
@@ -166,12 +171,12 @@ class Scorer:
             chunks.append(current)
         return chunks
 
-    def _score_chunk(self, chunk: list, pairs: Sequence[Pair]) -> list[tuple[float, bool]]:
-        C = bucket(len(chunk))
+    def _score_chunk(self, chunk: list, pairs: Sequence[Pair], P: int, T: int
+                     ) -> list[tuple[float, bool]]:
+        """Score one batch padded to contexts [C, P] and continuation rows [B, T]."""
+        C = min(bucket(len(chunk)), bucket(self.batch_size))
         rows = [(g, i) for g, (_, members) in enumerate(chunk) for i in members]
-        B = self.batch_size if len(rows) > self.batch_size // 2 else bucket(len(rows))
-        P = bucket(max(len(context) for context, _ in chunk))
-        T = bucket(max(len(pairs[i][1]) for _, i in rows))
+        B = self.batch_size  # fixed: every batch of a call shares one program
         context_CP = np.zeros((C, P), np.int32)
         context_len_C = np.ones(C, np.int32)
         for g, (context, _) in enumerate(chunk):
