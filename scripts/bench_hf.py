@@ -1,6 +1,7 @@
 """Benchmark: import time and transient host memory of `llm.hf.convert.import_hf` on the 1b config.
 
   python scripts/bench_hf.py [--dir=/tmp/bench_hf_1b] [--dtypes=bfloat16,float32] [--peer]
+      [--model=1b]  # another size needs its own --dir
 
 Writes random 1b weights in bfloat16 with our own export (once; reused when present), then
 imports them in a fresh process per dtype. Transient memory = peak RSS during the import minus
@@ -20,7 +21,11 @@ from typing import Any
 
 from absl import app, flags
 
-DIR = flags.DEFINE_string("dir", "/tmp/bench_hf_1b", "Where the exported 1b checkpoint lives.")
+from configs.models import SIZES
+
+MODEL = flags.DEFINE_enum("model", "1b", list(SIZES),
+                          "configs/models.py size to export and import (tiny: a quick check).")
+DIR = flags.DEFINE_string("dir", "/tmp/bench_hf_1b", "Where the exported checkpoint lives.")
 DTYPES = flags.DEFINE_list("dtypes", ["bfloat16", "float32"], "Import dtypes to measure.")
 PEER = flags.DEFINE_bool("peer", True, "Also measure transformers' from_pretrained.")
 PHASE = flags.DEFINE_enum("phase", "main", ["main", "export", "import", "peer"],
@@ -64,15 +69,14 @@ def _largest_tensor_bytes(path: str) -> tuple[str, int]:
 
 
 def run_export(path: str) -> dict[str, Any]:
-    """Random 1b weights in bfloat16 through our export (skipped when already written)."""
+    """Random `--model` weights in bfloat16 through our export (skipped when written)."""
     import jax
     from flax import nnx
 
-    from configs.models import SIZES
     from llm import sharding
     from llm.hf import convert as hf
     from llm.model import ModelConfig, Transformer
-    cfg = ModelConfig(**SIZES["1b"], param_dtype="bfloat16", dtype="bfloat16")
+    cfg = ModelConfig(**SIZES[MODEL.value], param_dtype="bfloat16", dtype="bfloat16")
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     _, params = sharding.init_sharded(lambda: Transformer(cfg, nnx.Rngs(0)), mesh)
     start = time.perf_counter()
@@ -118,7 +122,8 @@ def run_peer(path: str) -> dict[str, Any]:
 
 
 def _subprocess(phase: str, **extra: str) -> dict[str, Any]:
-    args = [sys.executable, os.path.abspath(__file__), f"--phase={phase}", f"--dir={DIR.value}"]
+    args = [sys.executable, os.path.abspath(__file__), f"--phase={phase}", f"--dir={DIR.value}",
+            f"--model={MODEL.value}"]
     args += [f"--{k}={v}" for k, v in extra.items()]
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -133,7 +138,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps(result))
         return
     if not os.path.isfile(os.path.join(DIR.value, "config.json")):
-        print(f"exporting random 1b weights to {DIR.value} ...", flush=True)
+        print(f"exporting random {MODEL.value} weights to {DIR.value} ...", flush=True)
         print(f"  export took {_subprocess('export')['export_s']:.1f}s", flush=True)
     name, largest = _largest_tensor_bytes(DIR.value)
     rows = {f"ours_{d}": _subprocess("import", dtype=d) for d in DTYPES.value}
@@ -146,7 +151,7 @@ def main(argv: list[str]) -> None:
         r["transient_over_largest"] = r["transient_bytes"] / largest
         print(f"{key:24s} {r['seconds']:8.2f} {r['final_bytes'] / GIB:10.3f} "
               f"{r['transient_bytes'] / GIB:14.3f} {r['transient_over_largest']:18.2f}")
-    summary: dict[str, Any] = {"model": "1b", "largest_tensor": name,
+    summary: dict[str, Any] = {"model": MODEL.value, "largest_tensor": name,
                                "largest_tensor_bytes": largest, **rows}
     if PEER.value and "ours_bfloat16" in rows:
         ours, peer = rows["ours_bfloat16"], rows["transformers_bfloat16"]

@@ -142,22 +142,3 @@ def test_gopher_filters_agree_with_datatrove_rule_by_rule():
                      f"agree {agree:.3f}")
     print(f"\n{len(docs)} documents\n" + "\n".join(table))
     assert worst >= 0.95, "\n".join(table)
-
-
-@pytest.mark.slow
-def test_bench_filters_times_both_sides():
-    import json
-    import pathlib
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "scripts/bench_filters.py", "--num_docs=60",
-                           "--peer_docs=20", "--workers=0"], cwd=root, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    res = json.loads(done.stdout.strip().splitlines()[-1])
-    assert res["num_docs"] == 60 and res["ours_filter_docs_per_s"] > 0
-    assert res["datatrove_filter_docs_per_s"] > 0 and res["pipeline_web_docs_per_s"] > 0
-    # the prose corpus is built to pass the web filters on both sides
-    assert res["ours_kept_same_docs"] > 0.8 and res["datatrove_kept"] > 0.8
