@@ -12,13 +12,22 @@ def test_stages_run_in_order_and_have_the_interface():
 
 
 def test_headlines_and_table(capsys):
-    rows = [("pretrain", 12.4, STAGES["pretrain"].headline(
-                {"loss": 2.5, "eval_perplexity": 9.87, "step": 20})),
-            ("sft", 3.0, STAGES["sft"].headline({"accuracy_before": 0.1,
-                                                 "accuracy_after": 0.525}))]
+    models = {"base": {"heldout_accuracy": 0.0, "bits_per_byte": 3.5},
+              "SFT": {"heldout_accuracy": 0.5, "bits_per_byte": 3.4}}
+    evaluated = {"models": models, "questions": 200, "file": "eval/results.json"}
+    rows = [report.StageReport("pretrain", 12.4, STAGES["pretrain"].headline(
+                {"loss": 2.5, "eval_perplexity": 9.87, "step": 20}), None),
+            report.StageReport("sft", 3.0, STAGES["sft"].headline(
+                {"accuracy_before": 0.1, "accuracy_after": 0.525}), None),
+            report.StageReport("eval", 5.0, STAGES["eval"].headline(evaluated),
+                               STAGES["eval"].details(evaluated))]
     report.print_table(rows)
     assert capsys.readouterr().out == (
         "\n| stage | seconds | result |\n|---|---|---|\n"
         "| pretrain | 12 | train loss 2.500, validation perplexity 9.9 after 20 steps |\n"
         "| sft | 3 | answer accuracy on 40 held-out arithmetic questions: 10.0% before, "
-        "52.5% after SFT |\n")
+        "52.5% after SFT |\n"
+        "| eval | 5 | held-out accuracy (200 questions × 8): base 0.0%, SFT 50.0% |\n"
+        "\neval:\n| model | held-out accuracy | bits per byte (stdlib, unseen) |\n"
+        "|---|---|---|\n| base | 0.0% | 3.500 |\n| SFT | 50.0% | 3.400 |\n\n"
+        "(written to eval/results.json)\n")

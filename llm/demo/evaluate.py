@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from llm.demo.context import Context
-from llm.demo.measure import SAMPLES
 
 NAME = "eval"
 DESCRIPTION = ("every checkpoint on held-out arithmetic (8 sampled answers a question) and "
@@ -16,10 +15,10 @@ BPB_TASK = "stdlib_bpb"
 
 def run(ctx: Context) -> dict:
     """Held-out accuracy and bits per byte for each stage's model that exists."""
-    from llm.demo import measure
+    from llm.demo.measure import heldout_accuracy, heldout_rows
     from llm.eval import runner
 
-    rows = measure.heldout_rows(ctx.workdir)
+    rows = heldout_rows(ctx.workdir)
     results = {}
     for label, stage in MODELS.items():
         workdir = ctx.workdir / stage
@@ -27,7 +26,7 @@ def run(ctx: Context) -> dict:
             continue
         model = runner.EvalModel.load(str(workdir), progress=False)
         bpb = runner.evaluate(model, [BPB_TASK])[BPB_TASK]["bits_per_byte"]
-        accuracy = measure.heldout_accuracy(workdir, rows, seed=0)
+        accuracy = heldout_accuracy(workdir, rows, seed=0)
         results[label] = {"workdir": str(workdir), "heldout_accuracy": accuracy,
                           "bits_per_byte": bpb}
         print(f"{label}: held-out accuracy {accuracy:.1%}, {BPB_TASK} {bpb:.3f}", flush=True)
@@ -39,6 +38,8 @@ def run(ctx: Context) -> dict:
 
 def headline(result: dict) -> str:
     """The table cell: held-out exact-answer accuracy of each model."""
+    from llm.demo.measure import SAMPLES
+
     cells = [f"{label} {r['heldout_accuracy']:.1%}" for label, r in result["models"].items()]
     return (f"held-out accuracy ({result['questions']} questions × {SAMPLES}): "
             + ", ".join(cells))
