@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ppo_outcome import PPO_STEPS, TARGET_KL, heldout, records, train_ppo, train_reward
 
-SAMPLES = 8  # sampled answers per held-out question (40 questions)
+SAMPLES = 8  # sampled answers per held-out question
 SCORE_GAIN = 0.05  # the least rise of the held-out mean score that counts as raised
 # 320 sampled answers each: one standard error of an accuracy near 0.5 is ~0.028; a fall
 # within two of them is sampling noise, not a fall.

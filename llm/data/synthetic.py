@@ -86,12 +86,13 @@ def check_arithmetic_answer(completion: str, answer) -> bool:
         return False
 
 
-def _problems(rng: random.Random, difficulty: int, skip: Container[str]
+def _problems(rng: random.Random, difficulty: int, skip: Container[str],
+              problem: Callable[[random.Random, int], tuple[str, int]] = arithmetic_problem
               ) -> Iterator[tuple[str, int]]:
     """Problems whose question is not in `skip`; a DataError when they run out."""
     misses = 0
     while True:
-        question, answer = arithmetic_problem(rng, difficulty)
+        question, answer = problem(rng, difficulty)
         if question not in skip:
             misses = 0
             yield question, answer
@@ -100,13 +101,35 @@ def _problems(rng: random.Random, difficulty: int, skip: Container[str]
                             f"once {len(skip)} are held out; lower heldout")
 
 
+def sums_problem(rng: random.Random, difficulty: int) -> tuple[str, int]:
+    """`a + b` or `a - b` with operands below 10 * 2**difficulty (800 questions at 1)."""
+    if not 1 <= difficulty <= 5:
+        raise DataError(f"sums difficulty must be in 1..5, got {difficulty}")
+    bound = 10 * 2**difficulty
+    a, op, b = rng.randrange(bound), rng.choice("+-"), rng.randrange(bound)
+    return f"What is {a} {op} {b}?", a + b if op == "+" else a - b
+
+
 @register("arithmetic")
 def arithmetic(out: pathlib.Path, n: int, difficulty: int, seed: int, heldout: int = 0
                ) -> dict[str, pathlib.Path]:
     """Write SFT, preference and RL files of n arithmetic questions each (plus held-out)."""
+    return _write(out, n, difficulty, seed, heldout, arithmetic_problem)
+
+
+@register("sums")
+def sums(out: pathlib.Path, n: int, difficulty: int, seed: int, heldout: int = 0
+         ) -> dict[str, pathlib.Path]:
+    """Like `arithmetic`, on `sums_problem`: enough distinct questions to hold out hundreds."""
+    return _write(out, n, difficulty, seed, heldout, sums_problem)
+
+
+def _write(out: pathlib.Path, n: int, difficulty: int, seed: int, heldout: int,
+           problem: Callable[[random.Random, int], tuple[str, int]]
+           ) -> dict[str, pathlib.Path]:
     rng = random.Random(seed)
     held: dict[str, int] = {}
-    for question, answer in _problems(rng, difficulty, held):
+    for question, answer in _problems(rng, difficulty, held, problem):
         if len(held) == heldout:
             break
         held[question] = answer
@@ -116,7 +139,7 @@ def arithmetic(out: pathlib.Path, n: int, difficulty: int, seed: int, heldout: i
         paths["heldout"].write_text("".join(json.dumps({"prompt": q, "answer": str(a)}) + "\n"
                                             for q, a in held.items()))
     files = {k: open(paths[k], "w") for k in ("sft", "preference", "rl")}  # noqa: SIM115
-    problems = _problems(rng, difficulty, held)
+    problems = _problems(rng, difficulty, held, problem)
     try:
         for _ in range(n):
             question, answer = next(problems)

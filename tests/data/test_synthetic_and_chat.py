@@ -113,3 +113,18 @@ def test_preference_and_prompt_loaders(prepared):
         question = tok.decode(ids)
         expr = question[question.index("What is ") + 8:question.index("?")]
         assert eval(expr) == int(p["answer"][r])  # noqa: S307
+
+
+def test_sums_hold_out_200_of_800_questions_and_answer_right(tmp_path):
+    # The outcome tests' start: operands 0-19, + and -; 600 questions left to train on.
+    paths = synthetic.generate("sums", tmp_path, n=4000, difficulty=1, seed=0, heldout=200)
+    held = {json.loads(line)["prompt"] for line in paths["heldout"].read_text().splitlines()}
+    rl = [json.loads(line) for line in paths["rl"].read_text().splitlines()]
+    for row in rl:
+        a, op, b = row["prompt"][len("What is "):-1].split()
+        assert 0 <= int(a) < 20 and 0 <= int(b) < 20 and op in "+-"
+        assert eval(f"{a} {op} {b}") == int(row["answer"])  # noqa: S307
+    assert len(held) == 200 and not held & {r["prompt"] for r in rl}
+    assert len({r["prompt"] for r in rl}) == 600
+    with pytest.raises(DataError, match="sums difficulty must be in 1..5"):
+        synthetic.generate("sums", tmp_path, n=1, difficulty=0)
