@@ -25,7 +25,7 @@ def test_headlines_and_table(capsys):
     assert capsys.readouterr().out == (
         "\n| stage | seconds | result |\n|---|---|---|\n"
         "| pretrain | 12 | train loss 2.500, validation perplexity 9.9 after 20 steps |\n"
-        "| sft | 3 | answer accuracy on 40 held-out arithmetic questions: 10.0% before, "
+        "| sft | 3 | answer accuracy on 200 held-out arithmetic questions: 10.0% before, "
         "52.5% after SFT |\n"
         "| eval | 5 | held-out accuracy (200 questions × 8): base 0.0%, SFT 50.0% |\n"
         "\neval:\n| model | held-out accuracy | bits per byte (stdlib, unseen) |\n"
