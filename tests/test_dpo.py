@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
+from kill_helpers import sigkill_after_step
 
 from llm.config import load_config
 from llm.data import synthetic
@@ -122,13 +121,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(start, tmp_path):
     base, pairs = start
     run_script(tmp_path / "full", base, pairs)
     proc = run_script(tmp_path / "killed", base, pairs, wait=False)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # once step 6 is logged, checkpoint 4 is committed
-        line = proc.stdout.readline()
-        if line.startswith("step 6/") or not line:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_after_step(proc, 6)  # once step 6 is logged, checkpoint 4 is committed
     assert (tmp_path / "killed" / "checkpoints" / "4").is_dir()
     assert not (tmp_path / "killed" / "checkpoints" / "8").exists()
     run_script(tmp_path / "killed", base, pairs)

@@ -5,12 +5,11 @@ dirt words not) on held-out prompts, and a run killed with SIGKILL resumes bit f
 from __future__ import annotations
 
 import json
-import signal
-import time
 
 import jax
 import numpy as np
 import pytest
+from kill_helpers import sigkill_after_step
 from test_dpo import COMMON, records, run_script
 
 from llm.config import load_config
@@ -132,13 +131,7 @@ def test_kto_sigkill_then_rerun_equals_uninterrupted(prepared, tmp_path):
     kto = ["--config.dpo.loss_type=kto"]
     run_script(tmp_path / "full", base, prepared, *kto)
     proc = run_script(tmp_path / "killed", base, prepared, *kto, wait=False)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # once step 6 is logged, checkpoint 4 is committed
-        line = proc.stdout.readline()
-        if line.startswith("step 6/") or not line:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_after_step(proc, 6)  # once step 6 is logged, checkpoint 4 is committed
     assert (tmp_path / "killed" / "checkpoints" / "4").is_dir()
     assert not (tmp_path / "killed" / "checkpoints" / "8").exists()
     run_script(tmp_path / "killed", base, prepared, *kto)
