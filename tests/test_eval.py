@@ -66,8 +66,11 @@ def test_loglikelihood_equals_the_forward_and_batching_changes_no_score(tiny):
     assert pairs[-2] == loglik.encode_pair(encode, "hello", " world")  # spaces move over
     expected = [direct(graphdef, params, c, k) for c, k in pairs]
     mesh = runner.make_mesh({"data": -1})
-    for batch_size, on_mesh in ((4, None), (16, mesh)):
-        scorer = loglik.Scorer(graphdef, params, batch_size=batch_size, mesh=on_mesh)
+    # prefill_chunk=4 prefills each context in several chunks; 64 in one
+    for batch_size, on_mesh, chunk in ((4, None, 64), (16, mesh, 64), (4, None, 4),
+                                       (16, mesh, 4)):
+        scorer = loglik.Scorer(graphdef, params, batch_size=batch_size, mesh=on_mesh,
+                               prefill_chunk=chunk)
         got = [ll for ll, _ in scorer.loglikelihood(pairs)]
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     # is_greedy: a continuation made of the model's own argmax tokens

@@ -3,20 +3,23 @@
 `encode_pair` splits text as lm-evaluation-harness does: trailing spaces of the context move
 to the continuation, the whole text is encoded, and the continuation is what follows the
 context's own encoding (so a merge across the boundary is scored as the tokens the whole
-text has). `Scorer.loglikelihood` then groups the requests by context: one jitted call
-prefills each distinct context into a KV cache (right-padded, slot = position) and scores
-every continuation of it against a copy of that cache, so the 4 choices of a question pay
-for their shared context once. The first continuation token is scored from the context's
-last logits; the others from the continuation pass.
+text has). `Scorer.loglikelihood` then groups the requests by context, longest first, and
+scores a batch of them in two jitted programs: `_prefill` writes one fixed-length chunk of
+every context into a KV cache (right-padded, slot = position), called once per chunk the
+batch's longest context reaches, so short contexts are not padded to the longest of the
+call; `_score` then scores every continuation against a copy of its context's cache, so the
+4 choices of a question pay for their shared context once. The first continuation token is
+scored from the context's last hidden state; the others from the continuation pass.
 
 A pair longer than `max_len + 1` tokens keeps its last `max_len + 1` (the context is cut
 from the left, then the continuation's head when it alone is too long), as lm-eval does; the
 cuts are counted in `Scorer.truncated`.
 
-Shapes: C contexts, B continuation rows, P context bucket, T continuation bucket,
-S = P + T cache slots, V vocabulary. P and T are the powers of two at or above the longest
-context and continuation of the whole call, B is `batch_size` and C a power of two, so a
-call compiles one program per distinct C (one, when every batch holds as many contexts).
+Shapes: C contexts, B continuation rows, L prefill chunk, P context bucket, T continuation
+bucket, S = P + T cache slots, V vocabulary. P and T are the powers of two at or above the
+longest context and continuation of the whole call, L = min(prefill_chunk, P), B is
+`batch_size` and C a power of two, so a call compiles one pair of programs per distinct C
+(one pair, when every batch holds as many contexts).
 """
 
 from __future__ import annotations
@@ -80,21 +83,30 @@ def truncate(pair: Pair, max_len: int, counts: Truncated | None = None) -> Pair:
     return window[:1], window[1:]
 
 
+@partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache", "last_CD"))
+def _prefill(graphdef: nnx.GraphDef, params: Any, cache: list, last_CD: jax.Array,
+             chunk_CL: jax.Array, offset: jax.Array, context_len_C: jax.Array
+             ) -> tuple[list, jax.Array]:
+    """Write one chunk of every context (positions offset .. offset + L - 1) into the cache,
+    keeping the final hidden state of each context whose last token falls in the chunk."""
+    model = nnx.merge(graphdef, params)
+    C, L = chunk_CL.shape
+    positions_CL = offset + jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None], (C, L))
+    h_CLD, cache = model.hidden(chunk_CL, positions_CL, cache=cache)
+    last_C = context_len_C - 1 - offset
+    here_C = (last_C >= 0) & (last_C < L)
+    h_CD = jnp.take_along_axis(h_CLD, jnp.clip(last_C, 0, L - 1)[:, None, None], 1)[:, 0]
+    return cache, jnp.where(here_C[:, None], h_CD.astype(last_CD.dtype), last_CD)
+
+
 @partial(jax.jit, static_argnames=("graphdef",))
-def _score(graphdef: nnx.GraphDef, params: Any, context_CP: jax.Array,
+def _score(graphdef: nnx.GraphDef, params: Any, cache: list, last_CD: jax.Array,
            context_len_C: jax.Array, cont_BT: jax.Array, cont_len_B: jax.Array,
            group_B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(sum of continuation log-probs, all-greedy flag) per continuation row."""
     model = nnx.merge(graphdef, params)
-    cfg = model.cfg
-    C, P = context_CP.shape
     B, T = cont_BT.shape
-    cache = model_lib.init_cache(cfg, C, P + T)  # the compute dtype, as decoding uses
-    positions_CP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32)[None], (C, P))
-    h_CPD, cache = model.hidden(context_CP, positions_CP, cache=cache)
-    # only each context's last position needs the LM head
-    last_CD = jnp.take_along_axis(h_CPD, (context_len_C - 1)[:, None, None], 1)[:, 0]
-    last_CV = model.logits(last_CD)
+    last_CV = model.logits(last_CD)  # only each context's last position needs the LM head
     cache_B = jax.tree.map(lambda x: x[group_B], cache)  # each row's copy of its context
     positions_BT = context_len_C[group_B][:, None] + jnp.arange(T, dtype=jnp.int32)[None]
     logits_BTV, _ = model(cont_BT, positions_BT, cache=cache_B)
@@ -111,9 +123,13 @@ class Scorer:
     """Batched, sharded log-likelihood scoring on a split model (graphdef, params)."""
 
     def __init__(self, graphdef: nnx.GraphDef, params: Any, *, max_len: int | None = None,
-                 batch_size: int = 32, mesh: jax.sharding.Mesh | None = None):
+                 batch_size: int = 32, mesh: jax.sharding.Mesh | None = None,
+                 prefill_chunk: int = 64):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected >= 1")
+        if prefill_chunk < 1 or prefill_chunk & (prefill_chunk - 1):
+            raise ValueError(f"prefill_chunk={prefill_chunk}: expected a power of two")
+        self.prefill_chunk = prefill_chunk
         self.graphdef, self.params, self.mesh = graphdef, params, mesh
         self.cfg = nnx.merge(graphdef, params).cfg
         self.max_len = int(max_len or self.cfg.max_seq_len)
@@ -189,12 +205,27 @@ class Scorer:
             continuation = pairs[i][1]
             cont_BT[b, :len(continuation)] = continuation
             cont_len_B[b], group_B[b] = len(continuation), g
-        inputs = (context_CP, context_len_C, cont_BT, cont_len_B, group_B)
-        if self.mesh is not None:
-            inputs = tuple(jax.device_put(x, sharding.rows_sharding(self.mesh, x.shape))
-                           for x in inputs)
-        logp_B, greedy_B = jax.device_get(_score(self.graphdef, self.params, *inputs))
+        L = min(self.prefill_chunk, P)  # P is a power of two, so L divides it
+        cache = model_lib.init_cache(self.cfg, C, P + T)  # the compute dtype, as decoding
+        last_CD = jnp.zeros((C, self.cfg.d_model), self.cfg.compute_dtype)
+        context_len_C, cont_BT, cont_len_B, group_B, cache, last_CD = self._place(
+            context_len_C, cont_BT, cont_len_B, group_B, cache, last_CD)
+        # only the chunks this batch's longest context reaches: batches are sorted by length
+        for offset in range(0, max(len(c) for c, _ in chunk), L):
+            (chunk_CL,) = self._place(context_CP[:, offset:offset + L])
+            cache, last_CD = _prefill(self.graphdef, self.params, cache, last_CD, chunk_CL,
+                                      np.int32(offset), context_len_C)
+        logp_B, greedy_B = jax.device_get(_score(self.graphdef, self.params, cache, last_CD,
+                                                 context_len_C, cont_BT, cont_len_B, group_B))
         return [(float(logp_B[b]), bool(greedy_B[b])) for b in range(len(rows))]
+
+    def _place(self, *trees: Any) -> tuple:
+        """Each array sharded by rows over the mesh (as they are, without one)."""
+        if self.mesh is None:
+            return trees
+        return tuple(jax.tree.map(
+            lambda x: jax.device_put(x, sharding.rows_sharding(self.mesh, x.shape)), tree)
+            for tree in trees)
 
 
 def rolling_windows(tokens: Sequence[int], prefix_id: int, max_len: int) -> list[Pair]:
