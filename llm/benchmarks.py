@@ -117,14 +117,24 @@ def sample_rows(r: Mapping[str, Any]) -> list[Row]:
 
 
 def dpo_rows(r: Mapping[str, Any]) -> list[Row]:
-    """DPO step time over an SFT step on the same tokens (lower is better)."""
+    """DPO step time over an SFT step on the same tokens (lower is better); tokens/s against
+    TRL's DPOTrainer, beside our plain step against transformers', when the peer ran."""
     s = r["step_s"]
     what = f"DPO step over SFT step, `{r['model']}` {r['pairs']} pairs × {r['seq']}"
-    return [(f"{what} (lower is better)", f"{s['dpo']:.3f} s", f"{s['sft']:.3f} s SFT",
+    rows = [(f"{what} (lower is better)", f"{s['dpo']:.3f} s", f"{s['sft']:.3f} s SFT",
              _x(r["dpo_over_sft"])),
             (f"{what}, reference log-probs given (lower is better)",
              f"{s['dpo_given_reference']:.3f} s", f"{s['sft']:.3f} s SFT",
              _x(r["dpo_given_reference_over_sft"]))]
+    if "trl_tokens_per_s" in r:
+        rows.append((f"DPO tokens/s, `{r['model']}` {r['pairs']} pairs × {r['seq']}",
+                     f"{_n(r['ours_tokens_per_s'])} tokens/s",
+                     f"{_n(r['trl_tokens_per_s'])} tokens/s TRL DPOTrainer",
+                     _x(r["ratio_vs_trl"])))
+        rows.append(("plain train step, same tokens, beside it", f"{s['sft']:.3f} s",
+                     f"{r['peer_step_s']['hf_plain']:.3f} s transformers",
+                     _x(r["plain_step_ratio_vs_hf"])))
+    return rows
 
 
 def rl_rows(r: Mapping[str, Any]) -> list[Row]:
@@ -185,7 +195,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("sample", "bench_sample.py", ("--peer=hf",),
          ("--size=tiny", "--peer=none", "--batch_sizes=1", "--new_tokens=4", "--prompt_len=4",
           "--repeats=1", "--rounds=1"), sample_rows),
-    Spec("dpo", "bench_dpo.py", ("--model=small", "--pairs=8", "--seq=256", "--steps=3"),
+    Spec("dpo", "bench_dpo.py",
+         ("--model=small", "--pairs=8", "--seq=256", "--steps=5", "--peer=trl"),
          ("--model=tiny", "--pairs=2", "--seq=16", "--steps=1"), dpo_rows),
     Spec("grpo", "bench_rl.py",
          ("--size=small", "--prompts=8", "--generations=8", "--new_tokens=64",

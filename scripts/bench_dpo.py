@@ -4,15 +4,22 @@
 
 Times three jitted updates (value_and_grad of the task's own loss + AdamW) on one device:
 SFT (masked CE over 2B rows), DPO with the reference forward in the step, and DPO with the
-reference log-probs given (what `dpo.precompute_ref_log_probs` would feed). Prints a table
-and, as the last line, one JSON object; the XLA fp32 matmul peak of the run is beside it.
+reference log-probs given (what `dpo.precompute_ref_log_probs` would feed). With
+`--peer=trl`, also in the same run: TRL's `DPOTrainer` (sigmoid loss, reference model in the
+step) on the fp32 export of the same weights, the same pairs as text, batch and `max_length`,
+and a plain transformers train step (masked CE + AdamW) on the same [2B, T] tokens, so the
+DPO ratio can be read beside the plain-step ratio. Prints a table and, as the last line, one
+JSON object; the XLA fp32 matmul peak of the run is beside it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,6 +40,7 @@ flags.DEFINE_string("model", "small", "Model size from configs/models.py.")
 flags.DEFINE_integer("pairs", 8, "Preference pairs per step (2x rows).")
 flags.DEFINE_integer("seq", 256, "Tokens per row.")
 flags.DEFINE_integer("steps", 5, "Timed steps after the compile.")
+flags.DEFINE_enum("peer", "none", ["none", "trl"], "Also time TRL's DPOTrainer on torch.")
 
 
 def pair_batch(pairs: int, seq: int, vocab: int) -> dict[str, np.ndarray]:
@@ -72,6 +80,103 @@ def time_step(loss_fn, params, side, batch, steps: int) -> float:
     return statistics.median(times[1:])
 
 
+def median_step_s(run_step: Callable[[], None], steps: int) -> float:
+    """Median seconds of `steps` calls after one warm-up call."""
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        run_step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def export_llama(cfg: ModelConfig, params: Any, out_dir: str) -> None:
+    """fp32 transformers export plus a word-level tokenizer over 'w0'..'w{V-1}'."""
+    import tokenizers
+    import transformers
+
+    from llm.hf import convert
+
+    convert.export_hf(cfg, params, out_dir, dtype="float32")
+    vocab = {f"w{i}": i for i in range(cfg.vocab_size)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w3"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w0",
+                                         eos_token="w1", bos_token="w2",
+                                         unk_token="w3").save_pretrained(out_dir)
+
+
+def trl_peer(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], steps: int
+             ) -> dict[str, float]:
+    """Seconds per step of TRL's DPOTrainer and of a plain transformers train step, and the
+    non-padding tokens TRL's batches hold (its collator pads to the longest row)."""
+    import datasets
+    import torch
+    import transformers
+    import trl
+
+    pairs, seq = batch["chosen_tokens"].shape
+    cut = seq // 4  # pair_batch's prompt share
+    words = lambda ids: " ".join(f"w{max(int(t), 4)}" for t in ids)  # noqa: E731
+    rows = {"prompt": [words(r[:cut]) for r in batch["chosen_tokens"]],
+            "chosen": [words(r[cut:]) for r in batch["chosen_tokens"]],
+            "rejected": [words(r[cut:]) for r in batch["rejected_tokens"]]}
+    with tempfile.TemporaryDirectory() as tmp:
+        export_llama(cfg, params, tmp)
+        load = lambda: transformers.LlamaForCausalLM.from_pretrained(  # noqa: E731
+            tmp, torch_dtype=torch.float32)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tmp)
+        args = trl.DPOConfig(os.path.join(tmp, "trl"), loss_type=["sigmoid"], beta=0.1,
+                             per_device_train_batch_size=pairs, max_length=seq,
+                             learning_rate=1e-5, max_steps=steps + 1, use_cpu=True,
+                             bf16=False, report_to=[], save_strategy="no",
+                             logging_steps=10**6, dataloader_num_workers=0)
+        trainer = trl.DPOTrainer(model=load(), ref_model=load(), args=args,
+                                 train_dataset=datasets.Dataset.from_dict(
+                                     {k: v * (steps + 1) for k, v in rows.items()}),
+                                 processing_class=tokenizer)
+        timer = _StepTimer()
+        trainer.add_callback(timer)
+        trainer.train()
+        trl_tokens = sum(min(len(p) + len(c), seq) for p, c in (
+            (tokenizer(rows["prompt"][i])["input_ids"], tokenizer(rows[k][i])["input_ids"])
+            for k in ("chosen", "rejected") for i in range(pairs)))
+
+        model = load().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        tokens = torch.as_tensor(np.concatenate([batch["chosen_tokens"],
+                                                 batch["rejected_tokens"]]), dtype=torch.long)
+        labels = tokens.clone()
+        labels[:, :cut] = -100  # the prompt is not scored, as in the SFT step
+
+        def hf_step() -> None:
+            opt.zero_grad()
+            model(input_ids=tokens, labels=labels).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+        hf_plain = median_step_s(hf_step, steps)
+    return {"trl_dpo_s": statistics.median(timer.seconds[1:]), "trl_tokens": trl_tokens,
+            "hf_plain_s": hf_plain, "torch_threads": torch.get_num_threads()}
+
+
+class _StepTimer:
+    """A transformers TrainerCallback recording each optimiser step's wall seconds."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        self.seconds: list[float] = []
+        self._start = 0.0
+        self.__class__ = type("_StepTimerCallback", (_StepTimer, TrainerCallback), {})
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
 def main(argv: list[str]) -> None:
     """Time SFT, DPO and DPO with given reference log-probs; print the table and JSON."""
     del argv
@@ -109,17 +214,33 @@ def main(argv: list[str]) -> None:
         "dpo": time_step(dpo_loss, params, reference, batch, FLAGS.steps),
         "dpo_given_reference": time_step(dpo_given_reference, params, ref_2P, batch,
                                          FLAGS.steps)}
+    peer = None
+    if FLAGS.peer == "trl":
+        peer = trl_peer(cfg, params, jax.device_get(batch), FLAGS.steps)
     peak = metrics.measure_peak()
     print(f"model={FLAGS.model} pairs={FLAGS.pairs} seq={FLAGS.seq} rows/step={2 * FLAGS.pairs}"
           f" backend={jax.default_backend()} fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
     for name, seconds in rows.items():
         print(f"{name:22} {seconds:8.4f} s  {seconds / rows['sft']:5.2f}x SFT")
-    print(json.dumps({"bench": "dpo", "model": FLAGS.model, "pairs": FLAGS.pairs,
-                      "seq": FLAGS.seq, "step_s": rows,
-                      "dpo_over_sft": rows["dpo"] / rows["sft"],
-                      "dpo_given_reference_over_sft": rows["dpo_given_reference"] / rows["sft"],
-                      "matmul_peak_flops": peak, "peer": None}))
-
+    record = {"bench": "dpo", "model": FLAGS.model, "pairs": FLAGS.pairs,
+              "seq": FLAGS.seq, "step_s": rows,
+              "dpo_over_sft": rows["dpo"] / rows["sft"],
+              "dpo_given_reference_over_sft": rows["dpo_given_reference"] / rows["sft"],
+              "matmul_peak_flops": peak, "peer": FLAGS.peer if peer else None}
+    if peer:
+        ours_tps = 2 * FLAGS.pairs * FLAGS.seq / rows["dpo"]  # no padding: every row is full
+        trl_tps = peer["trl_tokens"] / peer["trl_dpo_s"]
+        print(f"{'trl DPOTrainer':22} {peer['trl_dpo_s']:8.4f} s  {trl_tps:8.0f} tokens/s "
+              f"(ours {ours_tps:.0f}: {ours_tps / trl_tps:.2f}x)")
+        print(f"{'transformers plain step':22} {peer['hf_plain_s']:8.4f} s  (our SFT step "
+              f"{peer['hf_plain_s'] / rows['sft']:.2f}x its speed)")
+        record.update({"peer_step_s": {"trl_dpo": peer["trl_dpo_s"],
+                                       "hf_plain": peer["hf_plain_s"]},
+                       "ours_tokens_per_s": ours_tps, "trl_tokens_per_s": trl_tps,
+                       "ratio_vs_trl": ours_tps / trl_tps,
+                       "plain_step_ratio_vs_hf": peer["hf_plain_s"] / rows["sft"],
+                       "torch_threads": peer["torch_threads"]})
+    print(json.dumps(record))
 
 if __name__ == "__main__":
     app.run(main)
