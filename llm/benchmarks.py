@@ -197,7 +197,7 @@ SPECS: tuple[Spec, ...] = (
           "--repeats=1", "--rounds=1"), sample_rows),
     Spec("dpo", "bench_dpo.py",
          ("--model=small", "--pairs=8", "--seq=256", "--steps=5", "--peer=trl"),
-         ("--model=tiny", "--pairs=2", "--seq=16", "--steps=1"), dpo_rows),
+         ("--model=tiny", "--pairs=2", "--seq=16", "--steps=1", "--peer=trl"), dpo_rows),
     Spec("grpo", "bench_rl.py",
          ("--size=small", "--prompts=8", "--generations=8", "--new_tokens=64",
           "--prompt_len=16", "--steps=2", "--peer=trl"), (*_TINY_RL, "--peer=none"), rl_rows),

@@ -32,14 +32,15 @@ from flax import nnx
 from configs import models
 from llm import losses, metrics
 from llm.config import load_config
+from llm.hf import peer as peer_lib
 from llm.model import ModelConfig, Transformer
 from llm.train import dpo
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "small", "Model size from configs/models.py.")
-flags.DEFINE_integer("pairs", 8, "Preference pairs per step (2x rows).")
-flags.DEFINE_integer("seq", 256, "Tokens per row.")
-flags.DEFINE_integer("steps", 5, "Timed steps after the compile.")
+flags.DEFINE_integer("pairs", 8, "Preference pairs per step (2x rows).", lower_bound=1)
+flags.DEFINE_integer("seq", 256, "Tokens per row.", lower_bound=1)
+flags.DEFINE_integer("steps", 5, "Timed steps after the compile.", lower_bound=1)
 flags.DEFINE_enum("peer", "none", ["none", "trl"], "Also time TRL's DPOTrainer on torch.")
 
 
@@ -70,14 +71,13 @@ def time_step(loss_fn, params, side, batch, steps: int) -> float:
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
         params, opt.init(params), side, batch).compile()
     params = jax.tree.map(jnp.copy, params)  # the step donates its arguments
-    state = (params, opt.init(params))
-    times = []
-    for _ in range(steps + 1):  # the first is a warm-up
-        start = time.perf_counter()
-        *state, loss = compiled(*state, side, batch)
+    state = [params, opt.init(params)]
+
+    def run_step() -> None:
+        state[0], state[1], loss = compiled(*state, side, batch)
         loss.block_until_ready()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+
+    return median_step_s(run_step, steps)
 
 
 def median_step_s(run_step: Callable[[], None], steps: int) -> float:
@@ -88,22 +88,6 @@ def median_step_s(run_step: Callable[[], None], steps: int) -> float:
         run_step()
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
-
-
-def export_llama(cfg: ModelConfig, params: Any, out_dir: str) -> None:
-    """fp32 transformers export plus a word-level tokenizer over 'w0'..'w{V-1}'."""
-    import tokenizers
-    import transformers
-
-    from llm.hf import convert
-
-    convert.export_hf(cfg, params, out_dir, dtype="float32")
-    vocab = {f"w{i}": i for i in range(cfg.vocab_size)}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w3"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w0",
-                                         eos_token="w1", bos_token="w2",
-                                         unk_token="w3").save_pretrained(out_dir)
 
 
 def trl_peer(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], steps: int
@@ -117,14 +101,14 @@ def trl_peer(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], steps:
 
     pairs, seq = batch["chosen_tokens"].shape
     cut = seq // 4  # pair_batch's prompt share
-    words = lambda ids: " ".join(f"w{max(int(t), 4)}" for t in ids)  # noqa: E731
+    words = lambda ids: peer_lib.words(np.maximum(ids, 4))  # noqa: E731  (no special ids)
     rows = {"prompt": [words(r[:cut]) for r in batch["chosen_tokens"]],
             "chosen": [words(r[cut:]) for r in batch["chosen_tokens"]],
             "rejected": [words(r[cut:]) for r in batch["rejected_tokens"]]}
     with tempfile.TemporaryDirectory() as tmp:
-        export_llama(cfg, params, tmp)
+        peer_lib.export_for_peer(cfg, params, tmp)
         load = lambda: transformers.LlamaForCausalLM.from_pretrained(  # noqa: E731
-            tmp, torch_dtype=torch.float32)
+            tmp, dtype=torch.float32)
         tokenizer = transformers.AutoTokenizer.from_pretrained(tmp)
         args = trl.DPOConfig(os.path.join(tmp, "trl"), loss_type=["sigmoid"], beta=0.1,
                              per_device_train_batch_size=pairs, max_length=seq,
@@ -135,7 +119,7 @@ def trl_peer(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], steps:
                                  train_dataset=datasets.Dataset.from_dict(
                                      {k: v * (steps + 1) for k, v in rows.items()}),
                                  processing_class=tokenizer)
-        timer = _StepTimer()
+        timer = peer_lib.step_timer()
         trainer.add_callback(timer)
         trainer.train()
         trl_tokens = sum(min(len(p) + len(c), seq) for p, c in (
@@ -158,23 +142,6 @@ def trl_peer(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], steps:
         hf_plain = median_step_s(hf_step, steps)
     return {"trl_dpo_s": statistics.median(timer.seconds[1:]), "trl_tokens": trl_tokens,
             "hf_plain_s": hf_plain, "torch_threads": torch.get_num_threads()}
-
-
-class _StepTimer:
-    """A transformers TrainerCallback recording each optimiser step's wall seconds."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        self.seconds: list[float] = []
-        self._start = 0.0
-        self.__class__ = type("_StepTimerCallback", (_StepTimer, TrainerCallback), {})
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def main(argv: list[str]) -> None:

@@ -40,23 +40,6 @@ def workload(vocab: int, questions: int, seed: int) -> list[tuple[list[int], lis
     return pairs
 
 
-def export(cfg, params, out_dir: str) -> None:
-    """fp32 HF export plus a word-level tokenizer transformers loads (ids are given)."""
-    import tokenizers
-    import transformers
-
-    from llm.hf import convert
-
-    convert.export_hf(cfg, params, out_dir, dtype="float32")
-    vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3,
-             **{f"w{i}": i for i in range(4, cfg.vocab_size)}}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>").save_pretrained(out_dir)
-
-
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -75,6 +58,7 @@ def main(argv: list[str]) -> None:
     from configs.models import model_config
     from llm import metrics
     from llm.eval.loglik import Scorer
+    from llm.hf import peer as peer_lib
     from llm.model import ModelConfig, Transformer
 
     cfg = ModelConfig.from_dict({k: v for k, v in model_config(MODEL.value).items()
@@ -90,7 +74,7 @@ def main(argv: list[str]) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = os.path.join(tmp, "hf")
-        export(cfg, params, hf_dir)
+        peer_lib.export_for_peer(cfg, params, hf_dir, pad=0, unk=1, bos=2, eos=3)
         peer = HFLM(pretrained=hf_dir, dtype="float32", batch_size=BATCH.value, device="cpu")
         requests = [(("", ""), c, k) for c, k in pairs]
         with torch.no_grad():

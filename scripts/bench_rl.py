@@ -138,26 +138,15 @@ def build_trl(model_cfg, params, prompt_BP: np.ndarray, steps: int):
     import torch
     import trl
     from datasets import Dataset
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm.hf import convert as hf
+    from llm.hf import peer
 
     out = tempfile.mkdtemp(prefix="bench_rl_")
-    hf.export_hf(model_cfg, params, f"{out}/hf", dtype="float32")
-    word = Tokenizer(models.WordLevel({f"t{i}": i for i in range(model_cfg.vocab_size)},
-                                      unk_token="t0"))
-    word.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word, pad_token="t0", eos_token="t1")
-    prompts = [" ".join(f"t{i}" for i in row) for row in prompt_BP]
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.start)
+    peer.export_for_peer(model_cfg, params, f"{out}/hf", pad=0, eos=1, bos=None, unk=0)
+    tokenizer = AutoTokenizer.from_pretrained(f"{out}/hf")
+    prompts = [peer.words(row) for row in prompt_BP]
+    timer = peer.step_timer()
 
     args = trl.GRPOConfig(
         output_dir=f"{out}/trl", per_device_train_batch_size=len(prompts) * _G.value,
@@ -169,11 +158,11 @@ def build_trl(model_cfg, params, prompt_BP: np.ndarray, steps: int):
     trainer = trl.GRPOTrainer(model=model, reward_funcs=even_tokens, args=args,
                               train_dataset=Dataset.from_dict(
                                   {"prompt": prompts * _G.value * (steps + 2)}),
-                              processing_class=tokenizer, callbacks=[Timer()])
+                              processing_class=tokenizer, callbacks=[timer])
 
     def run() -> list[float]:
         trainer.train()
-        return times[1:]
+        return timer.seconds[1:]
 
     return run
 
