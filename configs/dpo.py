@@ -38,6 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         simpo_gamma=0.5,  # SimPO's target margin γ
         desirable_weight=1.0, undesirable_weight=1.0,  # KTO's weights on the two labels
         truncation_mode="skip",  # pairs over seq_len: skip | keep_start | keep_end (counted)
+        pad_to_multiple_of=0,  # batch width: its longest row rounded up to a power of two
+        # (0), to a multiple of N (N), or seq_len (no trimming); llm/data/buckets.py
         eval_file="",  # prompt/answer JSONL scored with greedy decoding at each eval
         eval_examples=200, eval_verifier="arithmetic", eval_max_new_tokens=32))
     return config

@@ -18,5 +18,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.lr = 1e-4 if config.peft.method == "none" else 1e-3
     config.reward = ml_collections.ConfigDict(dict(
         center_rewards_coefficient=0.0,  # TRL's name; e.g. 0.01 keeps scores near zero
-        truncation_mode="skip"))  # pairs over seq_len: skip | keep_start | keep_end
+        truncation_mode="skip",  # pairs over seq_len: skip | keep_start | keep_end
+        pad_to_multiple_of=0))  # batch width: 0 power-of-two bucket, N multiple of N
     return config

@@ -165,13 +165,35 @@ class PreferenceTask(PretrainTask):
         """How pairs longer than seq_len are handled (this task's section's key)."""
         return self.config[self.name].truncation_mode
 
+    @property
+    def pad_to_multiple_of(self) -> int:
+        """Batch width rounding (llm/data/buckets.py); this task's section's key."""
+        from llm.data import buckets
+
+        key = f"{self.name}.pad_to_multiple_of"
+        return buckets.check_multiple(self.config[self.name].get("pad_to_multiple_of", 0), key)
+
     def check_truncation(self) -> None:
-        """`<task>.truncation_mode` is one the loader knows."""
+        """`<task>.truncation_mode` is one the loader knows; `<task>.pad_to_multiple_of` is
+        valid."""
         from llm.data.loaders import TRUNCATION_MODES
 
         if self.truncation_mode not in TRUNCATION_MODES:
             raise ValueError(f"{self.name}.truncation_mode={self.truncation_mode!r}: expected "
                              f"one of {', '.join(TRUNCATION_MODES)}")
+        self.pad_to_multiple_of  # noqa: B018 (the property validates)
+
+    def trim(self, host_batch: dict) -> dict:
+        """The host batch cut to its length bucket instead of `seq_len` columns."""
+        from llm.data import buckets
+
+        return buckets.trim_batch(host_batch, self.config.seq_len, self.pad_to_multiple_of)
+
+    def prepare(self, models, host_batch, rng):
+        return self.trim(host_batch)
+
+    def prepare_eval(self, models, host_batch):
+        return self.trim(host_batch)
 
     def loader(self):
         import functools

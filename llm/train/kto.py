@@ -106,6 +106,19 @@ class KtoTask(DpoTask):
                              f"{self.config.optim.grad_accum}: KTO needs at least 2 rows per "
                              "micro-batch (with one, the KL estimate is the row's own reward)")
 
+    def trim(self, host_batch: dict) -> dict:
+        """Cut to a bucket that also holds every mismatched row (any row's prompt followed
+        by any row's completion), so the KL rows are never cut shorter than at seq_len."""
+        from llm.data import buckets
+
+        real_B = (host_batch["segment_ids"] > 0).sum(axis=1)
+        prompt_B = host_batch["prompt_lengths"]
+        longest = max(buckets.agreed_longest(int(real_B.max())),
+                      buckets.agreed_longest(int(prompt_B.max()))
+                      + buckets.agreed_longest(int((real_B - prompt_B).max())))
+        return buckets.trim_batch(host_batch, self.config.seq_len, self.pad_to_multiple_of,
+                                  longest)
+
     def flops_per_token(self) -> float:
         """Policy forward + backward on the rows, forwards on the mismatched rows and the
         reference's forward on both: twice a plain training step's FLOPs."""
