@@ -37,6 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         beta=0.1, label_smoothing=0.0,  # ε: conservative DPO (sigmoid), robust DPO (robust)
         simpo_gamma=0.5,  # SimPO's target margin γ
         desirable_weight=1.0, undesirable_weight=1.0,  # KTO's weights on the two labels
+        precompute_ref_log_probs=False,  # TRL's name: score every pair with the reference
+        # once before training (kept in workdir/ref_logps); no reference held or run per step
         truncation_mode="skip",  # pairs over seq_len: skip | keep_start | keep_end (counted)
         pad_to_multiple_of=0,  # batch width: its longest row rounded up to a power of two
         # (0), to a multiple of N (N), or seq_len (no trimming); llm/data/buckets.py

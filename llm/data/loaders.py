@@ -186,6 +186,12 @@ class _Pairs:
         return out
 
 
+def pair_source(chosen: RecordSet, rejected: RecordSet, seq_len: int, pad_id: int,
+                truncation_mode: str = "keep_start") -> _Pairs:
+    """The random-access pairs `preference_loader` batches (each with its `record_index`)."""
+    return _Pairs(chosen, rejected, seq_len, pad_id, truncation_mode)
+
+
 class _Unpaired:
     """Row i: one prompt + completion (KTO's unpaired row), loss on completion tokens, its
     `label` (1 desirable, 0 undesirable), `prompt_lengths` (prompt tokens kept in the row)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from llm import losses
 from llm.train.pretrain import PretrainTask
@@ -80,9 +81,10 @@ def chosen_nll(logps: dict) -> jax.Array:
     return -jnp.sum(logps["chosen"]) / jnp.maximum(jnp.sum(logps["chosen_n"]), 1.0)
 
 
-def both_rows(batch: dict, key: str) -> jax.Array:
-    """`chosen_<key>` then `rejected_<key>` on one batch axis: [2P, ...]."""
-    return jnp.concatenate([batch[f"chosen_{key}"], batch[f"rejected_{key}"]], axis=0)
+def both_rows(batch: dict, key: str, prefix: str = "") -> jax.Array:
+    """`<prefix>chosen_<key>` then `<prefix>rejected_<key>` on one batch axis: [2P, ...]."""
+    return jnp.concatenate([batch[f"{prefix}chosen_{key}"], batch[f"{prefix}rejected_{key}"]],
+                           axis=0)
 
 
 def pair_logps(model, batch: dict, rng=None) -> tuple[jax.Array, jax.Array]:
@@ -234,6 +236,7 @@ class DpoTask(PreferenceTask):
     def __init__(self, config):
         super().__init__(config)
         self.loss_types, self.loss_weights = parse_loss_types(config.dpo)
+        self.ref_tables: dict[str, np.ndarray] | None = None  # precomputed, by split
         if (self.loss_types == UNPAIRED) != self.unpaired:
             raise ValueError(f"dpo.loss_type={config.dpo.loss_type!r} is not a loss of "
                              f"{type(self).__name__}; build the task with "
@@ -251,21 +254,60 @@ class DpoTask(PreferenceTask):
                              f"[0, {limit})")
         if dpo.eval_file:
             read_eval_rows(dpo.eval_file)
+        if self.precompute and not self.needs_reference:
+            raise ValueError(f"dpo.precompute_ref_log_probs=True: dpo.loss_type="
+                             f"{dpo.loss_type!r} uses no reference model, so there is nothing "
+                             "to precompute; leave it False")
 
     @property
     def needs_reference(self) -> bool:
         """Whether any loss type compares against the reference model."""
         return any(name not in REFERENCE_FREE for name in self.loss_types)
 
+    @property
+    def precompute(self) -> bool:
+        """Whether reference log-probs come from a table computed before training."""
+        return bool(self.config.dpo.get("precompute_ref_log_probs", False))
+
     def side_models(self):
-        return {"reference": REFERENCE} if self.needs_reference else {}
+        return {"reference": REFERENCE} if self.needs_reference and not self.precompute else {}
+
+    def initialise(self, model, mesh, rules):
+        """With `dpo.precompute_ref_log_probs`, read or compute the reference log-prob table
+        from the starting model (the reference: adapters off under PEFT)."""
+        if not self.precompute:
+            return
+        from llm.peft import lora
+        from llm.train import ref_cache
+
+        reference = ref_cache.reference_view(model, self.config.peft.method)
+        self.ref_tables = ref_cache.load_or_compute(
+            reference, lora.base_hash(nnx.state(reference)), self.prepared_dir,
+            self.config.workdir, mesh, int(self.config.batch_size), int(self.config.seq_len),
+            self.truncation_mode, self.pad_to_multiple_of)
+
+    def with_reference(self, batch: dict, split: str) -> dict:
+        """`batch` plus its pairs' precomputed reference log-probs (when they are on)."""
+        if self.ref_tables is None:
+            return batch
+        from llm.train import ref_cache
+
+        where = f"{self.config.workdir}/{ref_cache.CACHE_DIR} ({split} split)"
+        return {**batch, **ref_cache.lookup(self.ref_tables[split], batch["record_index"],
+                                            where)}
+
+    def prepare(self, models, host_batch, rng):
+        return self.with_reference(self.trim(host_batch), "train")
+
+    def prepare_eval(self, models, host_batch):
+        return self.with_reference(self.trim(host_batch), "validation")
 
     def flops_per_token(self) -> float:
         """Policy forward + backward, plus the reference's forward when it runs in the step."""
         from llm import metrics
 
         train = metrics.train_flops_per_token(self.model_cfg, self.config.seq_len)
-        return train * (4 / 3 if self.needs_reference else 1.0)
+        return train * (4 / 3 if self.needs_reference and not self.precompute else 1.0)
 
     def loss(self, model, side, batch, rng):
         logps_2P, n_2P = pair_logps(model, batch, rng)
@@ -273,7 +315,10 @@ class DpoTask(PreferenceTask):
         logps = {"chosen": logps_2P[:pairs], "rejected": logps_2P[pairs:],
                  "chosen_n": n_2P[:pairs], "rejected_n": n_2P[pairs:]}
         if self.needs_reference:
-            ref_2P, _ = pair_logps(side["reference"], batch)
+            if "ref_chosen_logps" in batch:  # precomputed (dpo.precompute_ref_log_probs)
+                ref_2P = both_rows(batch, "logps", prefix="ref_")
+            else:
+                ref_2P, _ = pair_logps(side["reference"], batch)
             ref_2P = jax.lax.stop_gradient(ref_2P)
             logps["chosen_ratio"] = logps["chosen"] - ref_2P[:pairs]
             logps["rejected_ratio"] = logps["rejected"] - ref_2P[pairs:]

@@ -97,6 +97,11 @@ class KtoTask(DpoTask):
         """The `dpo.*` keys KTO reads, and a micro-batch big enough to estimate the KL."""
         super().check()
         dpo = self.config.dpo
+        if self.precompute:
+            raise ValueError("dpo.precompute_ref_log_probs=True with dpo.loss_type=kto: KTO's "
+                             "reference point scores each row's prompt with another row's "
+                             "completion of the same batch, known only at the step; leave it "
+                             "False")
         for key in ("desirable_weight", "undesirable_weight"):
             if dpo[key] <= 0:
                 raise ValueError(f"dpo.{key}={dpo[key]}: expected > 0")
