@@ -40,8 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         precompute_ref_log_probs=False,  # TRL's name: score every pair with the reference
         # once before training (kept in workdir/ref_logps); no reference held or run per step
         truncation_mode="skip",  # pairs over seq_len: skip | keep_start | keep_end (counted)
-        pad_to_multiple_of=0,  # batch width: its longest row rounded up to a power of two
-        # (0), to a multiple of N (N), or seq_len (no trimming); llm/data/buckets.py
+        pad_to_multiple_of=0,  # batch width: its longest row rounded up to 16, 24, 32,
+        # 48, 64, 96, ... (0), to a multiple of N (N), or seq_len (no trimming); llm/data/buckets.py
         eval_file="",  # prompt/answer JSONL scored with greedy decoding at each eval
         eval_examples=200, eval_verifier="arithmetic", eval_max_new_tokens=32))
     return config

@@ -19,5 +19,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.reward = ml_collections.ConfigDict(dict(
         center_rewards_coefficient=0.0,  # TRL's name; e.g. 0.01 keeps scores near zero
         truncation_mode="skip",  # pairs over seq_len: skip | keep_start | keep_end
-        pad_to_multiple_of=0))  # batch width: 0 power-of-two bucket, N multiple of N
+        pad_to_multiple_of=0))  # batch width: 0 buckets 16, 24, 32, 48, ...; N multiple
     return config

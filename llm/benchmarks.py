@@ -134,6 +134,19 @@ def dpo_rows(r: Mapping[str, Any]) -> list[Row]:
         rows.append(("plain train step, same tokens, beside it", f"{s['sft']:.3f} s",
                      f"{r['peer_step_s']['hf_plain']:.3f} s transformers",
                      _x(r["plain_step_ratio_vs_hf"])))
+    mixed = r.get("mixed")
+    if mixed:
+        what = (f"DPO non-padding tokens/s, mixed-length pairs, `{r['model']}` {r['pairs']} "
+                f"pairs, {mixed['batches']} batches")
+        rows.append((f"{what}: length buckets vs padded to {r['seq']}",
+                     f"{_n(mixed['ours_tokens_per_s'])} tokens/s",
+                     f"{_n(mixed['ours_padded_tokens_per_s'])} tokens/s padded",
+                     _x(mixed["bucket_speedup"])))
+        if "trl_tokens_per_s" in mixed:
+            rows.append((f"{what}: against TRL (pads to each batch's longest)",
+                         f"{_n(mixed['ours_tokens_per_s'])} tokens/s",
+                         f"{_n(mixed['trl_tokens_per_s'])} tokens/s TRL DPOTrainer",
+                         _x(mixed["ratio_vs_trl"])))
     return rows
 
 
@@ -196,8 +209,10 @@ SPECS: tuple[Spec, ...] = (
          ("--size=tiny", "--peer=none", "--batch_sizes=1", "--new_tokens=4", "--prompt_len=4",
           "--repeats=1", "--rounds=1"), sample_rows),
     Spec("dpo", "bench_dpo.py",
-         ("--model=small", "--pairs=8", "--seq=256", "--steps=5", "--peer=trl"),
-         ("--model=tiny", "--pairs=2", "--seq=16", "--steps=1", "--peer=trl"), dpo_rows),
+         ("--model=small", "--pairs=8", "--seq=256", "--steps=5", "--peer=trl",
+          "--mixed_batches=8"),
+         ("--model=tiny", "--pairs=2", "--seq=16", "--steps=1", "--peer=trl",
+          "--mixed_batches=2"), dpo_rows),
     Spec("grpo", "bench_rl.py",
          ("--size=small", "--prompts=8", "--generations=8", "--new_tokens=64",
           "--prompt_len=16", "--steps=2", "--peer=trl"), (*_TINY_RL, "--peer=none"), rl_rows),

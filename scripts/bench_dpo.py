@@ -1,19 +1,24 @@
 """DPO step cost over an SFT step on the same [2B, T] tokens.
 
-    python scripts/bench_dpo.py [--model=small] [--pairs=8] [--seq=256] [--steps=5]
+    python scripts/bench_dpo.py [--model=small] [--pairs=8] [--seq=256] [--steps=5] \
+        [--peer=trl] [--mixed_batches=8]
 
 Times three jitted updates (value_and_grad of the task's own loss + AdamW) on one device:
 SFT (masked CE over 2B rows), DPO with the reference forward in the step, and DPO with the
-reference log-probs given (what `dpo.precompute_ref_log_probs` would feed). With
+reference log-probs given (the batch `dpo.precompute_ref_log_probs` feeds). With
 `--peer=trl`, also in the same run: TRL's `DPOTrainer` (sigmoid loss, reference model in the
 step) on the fp32 export of the same weights, the same pairs as text, batch and `max_length`,
 and a plain transformers train step (masked CE + AdamW) on the same [2B, T] tokens, so the
-DPO ratio can be read beside the plain-step ratio. Prints a table and, as the last line, one
-JSON object; the XLA fp32 matmul peak of the run is beside it.
+DPO ratio can be read beside the plain-step ratio. `--mixed_batches=N` also times N batches
+of pairs of mixed lengths by non-padding tokens/s: ours cut to length buckets as the task
+cuts them, ours padded to --seq, and (with --peer=trl) TRL, whose collator pads each batch
+to its longest row. Prints a table and, as the last line, one JSON object; the XLA fp32
+matmul peak of the run is beside it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -42,6 +47,9 @@ flags.DEFINE_integer("pairs", 8, "Preference pairs per step (2x rows).", lower_b
 flags.DEFINE_integer("seq", 256, "Tokens per row.", lower_bound=1)
 flags.DEFINE_integer("steps", 5, "Timed steps after the compile.", lower_bound=1)
 flags.DEFINE_enum("peer", "none", ["none", "trl"], "Also time TRL's DPOTrainer on torch.")
+flags.DEFINE_integer("mixed_batches", 0, "Also time this many batches of mixed-length pairs "
+                     "(ours in length buckets, ours padded, TRL with --peer=trl).",
+                     lower_bound=0)
 
 
 def pair_batch(pairs: int, seq: int, vocab: int) -> dict[str, np.ndarray]:
@@ -57,6 +65,107 @@ def pair_batch(pairs: int, seq: int, vocab: int) -> dict[str, np.ndarray]:
                     f"{name}_segment_ids": np.ones((pairs, seq), np.int32),
                     f"{name}_loss_mask": mask})
     return out
+
+
+def mixed_batches(batches: int, pairs: int, seq: int, vocab: int
+                  ) -> tuple[list[dict], list[dict[str, list]]]:
+    """Batches of pairs of mixed lengths as the loader gives them (padded to seq), and the
+    same pairs as id lists ({prompt, chosen, rejected}). Lengths are long-tailed, as in
+    preference sets: a prompt of seq/16 + Exp(mean seq/16) tokens (at most seq/4) shared by
+    both answers, each answer seq/16 + Exp(mean seq/8) tokens (at most 3seq/4)."""
+    from llm.data import loaders
+
+    rng = np.random.default_rng(1)
+
+    def length(mean: float, cap: int) -> int:
+        return int(min(max(seq // 16, 1) + rng.exponential(mean), cap))
+
+    out, pieces = [], []
+    for _ in range(batches):
+        rows = {"chosen": [], "rejected": []}
+        ids: dict[str, list] = {"prompt": [], "chosen": [], "rejected": []}
+        for _ in range(pairs):
+            prompt = rng.integers(4, vocab, length(seq / 16, seq // 4))
+            ids["prompt"].append(prompt)
+            for name in rows:
+                answer = rng.integers(4, vocab, length(seq / 8, 3 * seq // 4))
+                ids[name].append(answer)
+                mask = np.r_[np.zeros(len(prompt)), np.ones(len(answer))].astype(np.float32)
+                rows[name].append(loaders.pack_row([(np.r_[prompt, answer], mask)], seq, 0))
+        out.append({f"{name}_{k}": np.stack([r[k] for r in rows[name]])
+                    for name in rows for k in rows[name][0]})
+        pieces.append(ids)
+    return out, pieces
+
+
+def trl_mixed(cfg: ModelConfig, params: Any, pieces: list[dict[str, list]], pairs: int,
+              seq: int) -> dict[str, float]:
+    """Seconds of TRL's DPOTrainer over the mixed-length batches in order (after one
+    warm-up batch) and the non-padding tokens it trained on."""
+    import torch
+    import transformers
+
+    rows = {k: [peer_lib.words(ids) for batch in [pieces[0], *pieces] for ids in batch[k]]
+            for k in ("prompt", "chosen", "rejected")}
+    with tempfile.TemporaryDirectory() as tmp:
+        peer_lib.export_for_peer(cfg, params, tmp)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tmp)
+        seconds = trl_dpo_steps(tmp, lambda: transformers.LlamaForCausalLM.from_pretrained(
+            tmp, dtype=torch.float32), tokenizer, rows, pairs, seq)
+        timed = {k: v[pairs:] for k, v in rows.items()}
+        return {"trl_s": sum(seconds[1:]), "trl_tokens": trl_real_tokens(tokenizer, timed, seq)}
+
+
+def mixed_ours(cfg: ModelConfig, params: Any, reference: Any, dpo_loss
+               ) -> tuple[dict[str, Any], list[dict[str, list]]]:
+    """Non-padding tokens/s of our DPO step on mixed-length pairs, cut to length buckets
+    (as the task does) and padded to --seq; and the pairs as ids, for TRL. Run before any
+    torch work: torch's idle threads keep spinning on the cores for a while."""
+    from llm.data import buckets
+
+    batches, pieces = mixed_batches(FLAGS.mixed_batches, FLAGS.pairs, FLAGS.seq,
+                                    cfg.vocab_size)
+    tokens = sum(real_tokens(b) for b in batches)
+    bucketed = [buckets.trim_batch(b, FLAGS.seq, 0) for b in batches]
+    out: dict[str, Any] = {
+        "batches": len(batches), "real_tokens": tokens,
+        "widths": sorted({b["chosen_tokens"].shape[1] for b in bucketed}),
+        "ours_tokens_per_s": tokens / time_pass(dpo_loss, params, reference, bucketed),
+        "ours_padded_tokens_per_s": tokens / time_pass(dpo_loss, params, reference, batches)}
+    out["bucket_speedup"] = out["ours_tokens_per_s"] / out["ours_padded_tokens_per_s"]
+    print(f"mixed lengths, {len(batches)} batches: ours {out['ours_tokens_per_s']:.0f} "
+          f"tokens/s in buckets {out['widths']}, {out['ours_padded_tokens_per_s']:.0f} padded "
+          f"to {FLAGS.seq} ({out['bucket_speedup']:.2f}x)")
+    return out, pieces
+
+
+def real_tokens(batch: dict) -> int:
+    """Non-padding tokens of a pair batch (chosen and rejected rows)."""
+    return int(sum((batch[f"{n}_segment_ids"] > 0).sum() for n in ("chosen", "rejected")))
+
+
+def time_pass(loss_fn, params, side, batches: list[dict]) -> float:
+    """Seconds of one pass of jitted AdamW updates over `batches`, after a warm-up pass
+    that compiles every batch shape."""
+    opt = optax.adamw(1e-5)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, side, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, side, batch)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    params = jax.tree.map(jnp.copy, params)
+    state = [params, opt.init(params)]
+    batches = [{k: jnp.asarray(v) for k, v in b.items()} for b in batches]
+    seconds = 0.0
+    for timed in (False, True):
+        for batch in batches:
+            start = time.perf_counter()
+            state[0], state[1], loss = step(*state, side, batch)
+            loss.block_until_ready()
+            seconds += (time.perf_counter() - start) * timed
+    return seconds
 
 
 def time_step(loss_fn, params, side, batch, steps: int) -> float:
@@ -90,14 +199,41 @@ def median_step_s(run_step: Callable[[], None], steps: int) -> float:
     return statistics.median(times[1:])
 
 
+def trl_dpo_steps(tmp: str, load: Callable[[], Any], tokenizer: Any, rows: dict[str, list],
+                  pairs: int, seq: int) -> list[float]:
+    """Seconds of each step of TRL's DPOTrainer (sigmoid, reference model in the step) over
+    `rows` in order, `pairs` per batch; its collator pads each batch to its longest row."""
+    import datasets
+    import trl
+
+    args = trl.DPOConfig(os.path.join(tmp, "trl"), loss_type=["sigmoid"], beta=0.1,
+                         per_device_train_batch_size=pairs, max_length=seq,
+                         learning_rate=1e-5, max_steps=len(rows["prompt"]) // pairs,
+                         use_cpu=True, bf16=False, report_to=[], save_strategy="no",
+                         logging_steps=10**6, dataloader_num_workers=0,
+                         train_sampling_strategy="sequential")
+    trainer = trl.DPOTrainer(model=load(), ref_model=load(), args=args,
+                             train_dataset=datasets.Dataset.from_dict(rows),
+                             processing_class=tokenizer)
+    timer = peer_lib.step_timer()
+    trainer.add_callback(timer)
+    trainer.train()
+    return timer.seconds
+
+
+def trl_real_tokens(tokenizer: Any, rows: dict[str, list], seq: int) -> int:
+    """Non-padding tokens of `rows` as TRL builds them (prompt + completion, cut at seq)."""
+    return sum(min(len(tokenizer(rows["prompt"][i])["input_ids"])
+                   + len(tokenizer(rows[k][i])["input_ids"]), seq)
+               for k in ("chosen", "rejected") for i in range(len(rows["prompt"])))
+
+
 def trl_peer(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], steps: int
              ) -> dict[str, float]:
     """Seconds per step of TRL's DPOTrainer and of a plain transformers train step, and the
     non-padding tokens TRL's batches hold (its collator pads to the longest row)."""
-    import datasets
     import torch
     import transformers
-    import trl
 
     pairs, seq = batch["chosen_tokens"].shape
     cut = seq // 4  # pair_batch's prompt share
@@ -110,21 +246,9 @@ def trl_peer(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], steps:
         load = lambda: transformers.LlamaForCausalLM.from_pretrained(  # noqa: E731
             tmp, dtype=torch.float32)
         tokenizer = transformers.AutoTokenizer.from_pretrained(tmp)
-        args = trl.DPOConfig(os.path.join(tmp, "trl"), loss_type=["sigmoid"], beta=0.1,
-                             per_device_train_batch_size=pairs, max_length=seq,
-                             learning_rate=1e-5, max_steps=steps + 1, use_cpu=True,
-                             bf16=False, report_to=[], save_strategy="no",
-                             logging_steps=10**6, dataloader_num_workers=0)
-        trainer = trl.DPOTrainer(model=load(), ref_model=load(), args=args,
-                                 train_dataset=datasets.Dataset.from_dict(
-                                     {k: v * (steps + 1) for k, v in rows.items()}),
-                                 processing_class=tokenizer)
-        timer = peer_lib.step_timer()
-        trainer.add_callback(timer)
-        trainer.train()
-        trl_tokens = sum(min(len(p) + len(c), seq) for p, c in (
-            (tokenizer(rows["prompt"][i])["input_ids"], tokenizer(rows[k][i])["input_ids"])
-            for k in ("chosen", "rejected") for i in range(pairs)))
+        seconds = trl_dpo_steps(tmp, load, tokenizer,
+                                {k: v * (steps + 1) for k, v in rows.items()}, pairs, seq)
+        trl_tokens = trl_real_tokens(tokenizer, rows, seq)
 
         model = load().train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -140,7 +264,7 @@ def trl_peer(cfg: ModelConfig, params: Any, batch: dict[str, np.ndarray], steps:
             opt.step()
 
         hf_plain = median_step_s(hf_step, steps)
-    return {"trl_dpo_s": statistics.median(timer.seconds[1:]), "trl_tokens": trl_tokens,
+    return {"trl_dpo_s": statistics.median(seconds[1:]), "trl_tokens": trl_tokens,
             "hf_plain_s": hf_plain, "torch_threads": torch.get_num_threads()}
 
 
@@ -170,17 +294,19 @@ def main(argv: list[str]) -> None:
                              b, None)
         return total / FLAGS.pairs
 
-    def dpo_given_reference(p, ref_2P, b):
-        logps_2P, _ = dpo.pair_logps(nnx.merge(graphdef, p), b)
-        delta_P = (logps_2P[:FLAGS.pairs] - ref_2P[:FLAGS.pairs]) - (
-            logps_2P[FLAGS.pairs:] - ref_2P[FLAGS.pairs:])
-        return jnp.mean(losses.dpo_sigmoid(delta_P, 0.1))
+    def dpo_given_reference(p, ref_2P, b):  # the batch as dpo.precompute_ref_log_probs
+        given = {**b, "ref_chosen_logps": ref_2P[:FLAGS.pairs],  # makes it: no side model
+                 "ref_rejected_logps": ref_2P[FLAGS.pairs:]}
+        total, _ = task.loss(nnx.merge(graphdef, p), {}, given, None)
+        return total / FLAGS.pairs
 
     rows: dict[str, Any] = {
         "sft": time_step(sft_loss, params, reference, batch, FLAGS.steps),
         "dpo": time_step(dpo_loss, params, reference, batch, FLAGS.steps),
         "dpo_given_reference": time_step(dpo_given_reference, params, ref_2P, batch,
                                          FLAGS.steps)}
+    if FLAGS.mixed_batches:
+        mixed, pieces = mixed_ours(cfg, params, reference, dpo_loss)
     peer = None
     if FLAGS.peer == "trl":
         peer = trl_peer(cfg, params, jax.device_get(batch), FLAGS.steps)
@@ -207,6 +333,14 @@ def main(argv: list[str]) -> None:
                        "ratio_vs_trl": ours_tps / trl_tps,
                        "plain_step_ratio_vs_hf": peer["hf_plain_s"] / rows["sft"],
                        "torch_threads": peer["torch_threads"]})
+    if FLAGS.mixed_batches:
+        if FLAGS.peer == "trl":
+            trl = trl_mixed(cfg, params, pieces, FLAGS.pairs, FLAGS.seq)
+            mixed["trl_tokens_per_s"] = trl["trl_tokens"] / trl["trl_s"]
+            mixed["ratio_vs_trl"] = mixed["ours_tokens_per_s"] / mixed["trl_tokens_per_s"]
+            print(f"mixed lengths: trl DPOTrainer {mixed['trl_tokens_per_s']:.0f} tokens/s, "
+                  f"ours {mixed['ratio_vs_trl']:.2f}x")
+        record["mixed"] = mixed
     print(json.dumps(record))
 
 if __name__ == "__main__":

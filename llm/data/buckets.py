@@ -2,9 +2,10 @@
 is cut from `seq_len` columns to its longest row rounded up to a bucket, so a step does no
 work on padding past that row and the jitted step compiles once per bucket, not per length.
 
-`pad_to_multiple_of` (TRL's name) picks the buckets: 0 rounds up to a power of two (at
-least 16; at most log2(seq_len) programs), N > 0 to a multiple of N, and `seq_len` keeps
-every batch at `seq_len` columns. Every bucket is capped at `seq_len`.
+`pad_to_multiple_of` (TRL's name) picks the buckets: 0 rounds up to the next of 16, 24, 32,
+48, 64, 96, ... (a power of two or 1.5 times one: a batch padded by under 1.5x its longest
+row, at most 2·log2(seq_len / 16) + 1 programs), N > 0 to a multiple of N, and `seq_len`
+keeps every batch at `seq_len` columns. Every bucket is capped at `seq_len`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def longest_row(batch: dict) -> int:
 
 def bucket_length(longest: int, seq_len: int, multiple: int) -> int:
     """The bucket a batch whose longest row has `longest` tokens is padded to."""
-    if multiple == 0:
-        bucket = max(MIN_BUCKET, 1 << max(int(longest) - 1, 0).bit_length())
+    if multiple == 0:  # the next of 16, 24, 32, 48, 64, 96, ...: 2^k or 1.5 * 2^k
+        power = 1 << max(int(longest) - 1, 0).bit_length()
+        bucket = max(MIN_BUCKET, 3 * power // 4 if longest <= 3 * power // 4 else power)
     else:
         bucket = -(-max(int(longest), 1) // multiple) * multiple
     return min(bucket, seq_len)
