@@ -18,7 +18,8 @@ SEQ = 128
 
 @pytest.mark.parametrize("longest, multiple, expected", [
     (0, 0, 16), (5, 0, 16), (16, 0, 16), (17, 0, 24), (24, 0, 24), (25, 0, 32),
-    (33, 0, 48), (49, 0, 64), (97, 0, 128), (128, 0, 128), (1, 24, 24), (25, 24, 48), (121, 24, 128), (7, SEQ, SEQ)])
+    (33, 0, 48), (49, 0, 64), (97, 0, 128), (128, 0, 128),
+    (1, 24, 24), (25, 24, 48), (121, 24, 128), (7, SEQ, SEQ)])
 def test_bucket_length(longest, multiple, expected):
     assert buckets.bucket_length(longest, SEQ, multiple) == expected
 

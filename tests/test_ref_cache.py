@@ -146,7 +146,7 @@ def test_the_table_is_written_atomically(start, tmp_path, monkeypatch):
     mesh = sharding.make_mesh({"data": -1})
     loaded = load_model(str(base), mesh)
     reference = nnx.merge(loaded.graphdef, loaded.params)
-    args = (reference, "ref", pairs, tmp_path, mesh, 8, 48, "skip", 0)
+    args = (reference, pair_logps, "ref", pairs, tmp_path, mesh, 8, 48, "skip", 0)
 
     def half_written(file, **tables):
         file.write(b"PK\x03\x04 partial")

@@ -278,11 +278,11 @@ class DpoTask(PreferenceTask):
         if not self.precompute:
             return
         from llm.peft import lora
-        from llm.train import ref_cache
+        from llm.train.ref_cache import load_or_compute, reference_view
 
-        reference = ref_cache.reference_view(model, self.config.peft.method)
-        self.ref_tables = ref_cache.load_or_compute(
-            reference, lora.base_hash(nnx.state(reference)), self.prepared_dir,
+        reference = reference_view(model, self.config.peft.method)
+        self.ref_tables = load_or_compute(
+            reference, pair_logps, lora.base_hash(nnx.state(reference)), self.prepared_dir,
             self.config.workdir, mesh, int(self.config.batch_size), int(self.config.seq_len),
             self.truncation_mode, self.pad_to_multiple_of)
 
@@ -290,11 +290,10 @@ class DpoTask(PreferenceTask):
         """`batch` plus its pairs' precomputed reference log-probs (when they are on)."""
         if self.ref_tables is None:
             return batch
-        from llm.train import ref_cache
+        from llm.train.ref_cache import CACHE_DIR, lookup
 
-        where = f"{self.config.workdir}/{ref_cache.CACHE_DIR} ({split} split)"
-        return {**batch, **ref_cache.lookup(self.ref_tables[split], batch["record_index"],
-                                            where)}
+        where = f"{self.config.workdir}/{CACHE_DIR} ({split} split)"
+        return {**batch, **lookup(self.ref_tables[split], batch["record_index"], where)}
 
     def prepare(self, models, host_batch, rng):
         return self.with_reference(self.trim(host_batch), "train")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import pathlib
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -70,12 +71,12 @@ def _split_pairs(prepared_dir, split: str, seq_len: int, truncation_mode: str):
                                truncation_mode), len(chosen)
 
 
-def score_split(reference: nnx.Module, pairs, records: int, mesh, batch_size: int,
-                seq_len: int, pad_to_multiple_of: int, label: str) -> np.ndarray:
+def score_split(reference: nnx.Module, pair_logps: Callable, pairs, records: int, mesh,
+                batch_size: int, seq_len: int, pad_to_multiple_of: int, label: str
+                ) -> np.ndarray:
     """[records, 2] reference log-prob sums (chosen, rejected) of every pair in `pairs`, NaN
-    for records the source leaves out; every process computes (and holds) the whole table."""
-    from llm.train.dpo import pair_logps
-
+    for records the source leaves out; every process computes (and holds) the whole table.
+    `pair_logps(model, batch)` gives the [2P] sums, chosen rows first (the task's own)."""
     graphdef, state = nnx.split(reference)
     score = jax.jit(lambda s, b: pair_logps(nnx.merge(graphdef, s), b)[0],
                     out_shardings=sharding.replicated(mesh))
@@ -100,9 +101,9 @@ def score_split(reference: nnx.Module, pairs, records: int, mesh, batch_size: in
     return table
 
 
-def load_or_compute(reference: nnx.Module, reference_hash: str, prepared_dir, workdir,
-                    mesh, batch_size: int, seq_len: int, truncation_mode: str,
-                    pad_to_multiple_of: int) -> dict[str, np.ndarray]:
+def load_or_compute(reference: nnx.Module, pair_logps: Callable, reference_hash: str,
+                    prepared_dir, workdir, mesh, batch_size: int, seq_len: int,
+                    truncation_mode: str, pad_to_multiple_of: int) -> dict[str, np.ndarray]:
     """{split: [records, 2] table} from `workdir/ref_logps/<key>.npz`, computed (and written
     atomically by process 0) when no table has this key."""
     key = cache_key(prepared_dir, reference_hash, seq_len, truncation_mode)
@@ -116,8 +117,8 @@ def load_or_compute(reference: nnx.Module, reference_hash: str, prepared_dir, wo
     for split in SPLITS:
         pairs, records = _split_pairs(prepared_dir, split, seq_len, truncation_mode)
         if pairs is not None and len(pairs):
-            tables[split] = score_split(reference, pairs, records, mesh, batch_size, seq_len,
-                                        pad_to_multiple_of, split)
+            tables[split] = score_split(reference, pair_logps, pairs, records, mesh,
+                                        batch_size, seq_len, pad_to_multiple_of, split)
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
