@@ -69,3 +69,16 @@ def test_bench_train_against_the_peer_records_each_round():
                         "--steps=1", "--rounds=2", "--peer=hf")
     assert result["hf_eager_tokens_per_s"] > 0
     assert len(result["ratio_rounds"]) == 2
+
+
+@pytest.mark.slow
+def test_bench_gpu_quick_runs_its_three_parts():
+    # The accelerator script's CPU check: each part ends in its record, none in an error.
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["bench"] == "gpu" and record["size"] == "tiny"
+    for part, key in (("train", "ours_mfu"), ("decode", "b1_weight_bandwidth_fraction"),
+                      ("grpo", "ours_update_s")):
+        assert "error" not in record[part] and record[part][key] > 0, record[part]
