@@ -19,6 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 32  # continuations (or prompts) per call
     config.max_len = 0  # scored window in tokens; 0 = the model's max_seq_len
     config.add_bos = True  # prepend BOS, as the project's models are trained
+    config.prefill_chunk = 64  # context tokens per compiled prefill call (a power of two)
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     config.lock()

@@ -70,6 +70,10 @@ def run() -> list[dict]:
     if config.max_len < 0:
         raise ValueError(f"--config.max_len={config.max_len}: expected >= 0 (0 = the model's "
                          "max_seq_len)")
+    chunk = config.prefill_chunk
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk & (chunk - 1):
+        raise ValueError(f"--config.prefill_chunk={chunk}: expected a power of two (64: "
+                         "context tokens per compiled prefill call)")
     tasks = [load_task(name, dirs) for name in names]  # every task file checked first
     files = check_output_file(config.output_file, len(models) > 1) if config.output_file \
         else []
@@ -77,7 +81,8 @@ def run() -> list[dict]:
     results = []
     for init_from in models:
         model = runner.EvalModel.load(init_from, mesh, batch_size=config.batch_size,
-                                      max_len=config.max_len or None, add_bos=config.add_bos)
+                                      max_len=config.max_len or None, add_bos=config.add_bos,
+                                      prefill_chunk=config.prefill_chunk)
         results.append({"model": init_from,
                         "tasks": {t.name: runner.run_task(model, t) for t in tasks}})
         del model

@@ -43,7 +43,9 @@ def test_bad_input_is_one_error_line_before_any_model_loads(tmp_path):
              "unknown task 'arithmetc_mc'"),
             (["--config.init_from=" + str(tmp_path / "nope")], "no such directory"),
             (["--config.init_from=" + str(tmp_path), f"--config.output_file={existing}"],
-             "exists; it is never overwritten")):
+             "exists; it is never overwritten"),
+            (["--config.init_from=" + str(tmp_path), "--config.prefill_chunk=48"],
+             "--config.prefill_chunk=48: expected a power of two")):
         done = eval_cli(*args)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]

@@ -66,13 +66,15 @@ class EvalModel:
     max_len: int | None = None
     add_bos: bool = True
     progress: bool = True
+    prefill_chunk: int = 64  # context tokens per compiled prefill call (a power of two)
 
     def __post_init__(self):
         if self.tokenizer is None:
             raise TaskError("this model has no tokenizer (tokenizer/ in its workdir, or the "
                             "HF directory's tokenizer files); evaluation tasks are text")
         self.scorer = loglik.Scorer(self.graphdef, self.params, max_len=self.max_len,
-                                    batch_size=self.batch_size, mesh=self.mesh)
+                                    batch_size=self.batch_size, mesh=self.mesh,
+                                    prefill_chunk=self.prefill_chunk)
 
     @classmethod
     def load(cls, init_from: str, mesh: jax.sharding.Mesh | None = None, **kwargs: Any
