@@ -6,10 +6,10 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from kill_helpers import sigkill_after_step
 
 from llm.train.workdir import EXIT_UNFINISHED
 
@@ -61,13 +61,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(uninterrupted, tmp_path):
     proc = subprocess.Popen([sys.executable, str(RUNNER), f"workdir={tmp_path}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     # Kill once step 6 is logged: checkpoint 4 is committed, steps 5-6 must be redone.
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("step 6/"):
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_after_step(proc, 6, timeout=240)
     assert (tmp_path / "checkpoints" / "4").is_dir()
     assert not (tmp_path / "checkpoints" / "12").exists()
     run(tmp_path)
