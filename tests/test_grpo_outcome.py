@@ -21,11 +21,14 @@ SETTINGS = ["batch_size=128", "grpo.num_generations=8", "rl.max_prompt_length=32
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
+# Not run in CI (run=False): a non-strict xfail cannot fail it, and its run costs CPU
+# minutes there; `pytest --runxfail tests/test_grpo_outcome.py` runs it as a plain test.
+@pytest.mark.xfail(strict=False, run=False, reason=(
     "not reached yet: on the 40-question start every setting tried (lr 1e-5..3e-4) stayed "
     "within noise or lowered held-out accuracy; on the 200-question `sums` start (SFT 0.170, "
-    "threshold 0.041) lr 3e-5 gave +0.002 and 1e-4 gave -0.012 in 40 steps; see "
-    "docs/benchmarks.md, GRPO outcome"))
+    "threshold 0.041) lr 3e-5 gave +0.002 and 1e-4 gave -0.012 in 40 steps, and eight more "
+    "settings (2026-12-04, up to 200 steps) at most +0.008: the objective turns over between "
+    "update norms 1e-3 and 1e-2; see docs/benchmarks.md, GRPO outcome"))
 def test_grpo_raises_heldout_accuracy(sft_arithmetic, tmp_path):
     import arithmetic_start
 

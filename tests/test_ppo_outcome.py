@@ -27,7 +27,9 @@ def outcome(sft_arithmetic, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
+# Not run in CI (run=False): a non-strict xfail cannot fail it, and its run costs CPU
+# minutes there; `pytest --runxfail tests/test_ppo_outcome.py` runs it as a plain test.
+@pytest.mark.xfail(strict=False, run=False, reason=(
     "2026-12-02, these settings: the held-out score rises (0.785 -> 0.883 over 4 samples a "
     "question) and the last-20% KL was ~1.2 (<= 1.5), but verifier accuracy falls (8 samples: "
     "0.47 -> 0.28): the demo's reward model (160 distinct pairs, final Bradley-Terry loss "
