@@ -144,9 +144,9 @@ def real_tokens(batch: dict) -> int:
     return int(sum((batch[f"{n}_segment_ids"] > 0).sum() for n in ("chosen", "rejected")))
 
 
-def time_pass(loss_fn, params, side, batches: list[dict]) -> float:
-    """Seconds of one pass of jitted AdamW updates over `batches`, after a warm-up pass
-    that compiles every batch shape."""
+def adamw_step(loss_fn) -> tuple[optax.GradientTransformation, Callable]:
+    """(AdamW, its jitted update on `loss_fn(params, side, batch)`, donating params and
+    optimiser state)."""
     opt = optax.adamw(1e-5)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -155,7 +155,14 @@ def time_pass(loss_fn, params, side, batches: list[dict]) -> float:
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    params = jax.tree.map(jnp.copy, params)
+    return opt, step
+
+
+def time_pass(loss_fn, params, side, batches: list[dict]) -> float:
+    """Seconds of one pass of jitted AdamW updates over `batches`, after a warm-up pass
+    that compiles every batch shape."""
+    opt, step = adamw_step(loss_fn)
+    params = jax.tree.map(jnp.copy, params)  # the step donates its arguments
     state = [params, opt.init(params)]
     batches = [{k: jnp.asarray(v) for k, v in b.items()} for b in batches]
     seconds = 0.0
@@ -169,21 +176,14 @@ def time_pass(loss_fn, params, side, batches: list[dict]) -> float:
 
 
 def time_step(loss_fn, params, side, batch, steps: int) -> float:
-    """Median seconds of one jitted AdamW update on `loss_fn(params, side, batch)`."""
-    opt = optax.adamw(1e-5)
-
-    def step(params, opt_state, side, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, side, batch)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-        params, opt.init(params), side, batch).compile()
+    """Median seconds of one jitted AdamW update on `loss_fn(params, side, batch)` (the
+    first, compiling call untimed)."""
+    opt, step = adamw_step(loss_fn)
     params = jax.tree.map(jnp.copy, params)  # the step donates its arguments
     state = [params, opt.init(params)]
 
     def run_step() -> None:
-        state[0], state[1], loss = compiled(*state, side, batch)
+        state[0], state[1], loss = step(*state, side, batch)
         loss.block_until_ready()
 
     return median_step_s(run_step, steps)

@@ -30,13 +30,11 @@ def records(workdir):
     return [r for r in map(json.loads, lines) if "loss" in r]
 
 
-@pytest.fixture(scope="module")
-def start(tmp_path_factory):
-    """A briefly SFT-trained tiny model and the arithmetic preference pairs, prepared with
-    its tokenizer."""
+def sft_and_pairs(root: pathlib.Path, validation: float = 0.0):
+    """(a briefly SFT-trained tiny model, the arithmetic preference pairs prepared with its
+    tokenizer, `validation` of them held out) under `root`."""
     from llm.data import prepare as prepare_lib
 
-    root = tmp_path_factory.mktemp("dpo")
     files = synthetic.generate("arithmetic", root / "raw", n=300)
     base = root / "sft"
     train(load_config("configs/sft.py:model=tiny", [
@@ -44,8 +42,15 @@ def start(tmp_path_factory):
         "total_steps=4", "optim.lr=3e-3", "checkpoint.every_steps=4", *COMMON]))
     data = load_config("configs/dpo.py:model=tiny").data
     data.inputs, data.output_dir = str(files["preference"]), str(root / "pairs")
-    data.tokenizer.path, data.split.validation, data.num_workers = str(base / "tokenizer"), 0.0, 0
+    data.tokenizer.path, data.num_workers = str(base / "tokenizer"), 0
+    data.split.validation = validation
     return base, prepare_lib.prepare(data)
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    """A briefly SFT-trained tiny model and the arithmetic preference pairs."""
+    return sft_and_pairs(tmp_path_factory.mktemp("dpo"))
 
 
 class RecordingDpo(DpoTask):
@@ -116,19 +121,27 @@ def run_script(workdir, base, pairs, *extra, wait=True):
     return proc
 
 
-@pytest.mark.slow
-def test_sigkill_then_rerun_equals_uninterrupted(start, tmp_path):
-    base, pairs = start
-    run_script(tmp_path / "full", base, pairs)
-    proc = run_script(tmp_path / "killed", base, pairs, wait=False)
+def assert_kill_and_rerun_equals_uninterrupted(tmp_path, base, pairs, *extra,
+                                               keys=("loss", "batch_hash")):
+    """An 8-step run_script run, and the same run killed with SIGKILL after step 6 then
+    rerun, log the same `keys` every step and end with the same parameters bit for bit."""
+    run_script(tmp_path / "full", base, pairs, *extra)
+    proc = run_script(tmp_path / "killed", base, pairs, *extra, wait=False)
     sigkill_after_step(proc, 6)  # once step 6 is logged, checkpoint 4 is committed
     assert (tmp_path / "killed" / "checkpoints" / "4").is_dir()
     assert not (tmp_path / "killed" / "checkpoints" / "8").exists()
-    run_script(tmp_path / "killed", base, pairs)
+    run_script(tmp_path / "killed", base, pairs, *extra)
     a, b = records(tmp_path / "full"), records(tmp_path / "killed")
     assert [r["step"] for r in b] == list(range(1, 9))
-    for key in ("loss", "batch_hash", "rewards/margins", "logps/chosen"):
+    for key in keys:
         assert [r[key] for r in b] == [r[key] for r in a], key
     for x, y in zip(jax.tree.leaves(load_model(str(tmp_path / "full")).params),
                     jax.tree.leaves(load_model(str(tmp_path / "killed")).params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_uninterrupted(start, tmp_path):
+    base, pairs = start
+    assert_kill_and_rerun_equals_uninterrupted(
+        tmp_path, base, pairs, keys=("loss", "batch_hash", "rewards/margins", "logps/chosen"))

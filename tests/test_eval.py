@@ -168,6 +168,12 @@ def test_bits_per_byte_of_a_random_model_is_log2_vocab_per_byte(tmp_path):
     assert metrics["bits_per_byte"] == pytest.approx(expected, rel=0.01)
     assert metrics["token_perplexity"] == pytest.approx(tokenizer.vocab_size, rel=0.02)
     assert metrics["bits_per_byte_stderr"] > 0 and metrics["n"] == 4
+    # `prefill_chunk` (configs/eval.py) reaches the scorer; the figures do not depend on it.
+    chunked = runner.EvalModel(graphdef, params, tokenizer, batch_size=8, progress=False,
+                               prefill_chunk=8)
+    assert chunked.scorer.prefill_chunk == 8
+    assert runner.run_task(chunked, read_task(task))["bits_per_byte"] == pytest.approx(
+        metrics["bits_per_byte"], rel=1e-5)
 
 
 def test_stats_pass_at_k_and_standard_errors():

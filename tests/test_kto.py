@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 import pytest
-from kill_helpers import sigkill_after_step
-from test_dpo import COMMON, records, run_script
+from test_dpo import COMMON, assert_kill_and_rerun_equals_uninterrupted
 
 from llm.config import load_config
 from llm.data import DataError, chat, loaders
 from llm.data import prepare as prepare_lib
 from llm.data.tokenizer import Tokenizer
-from llm.loading import load_model
 from llm.train import get_task
 from llm.train.loop import train
 
@@ -129,16 +126,5 @@ def test_a_short_kto_run_learns_the_rule_on_held_out_prompts(prepared, tmp_path)
 def test_kto_sigkill_then_rerun_equals_uninterrupted(prepared, tmp_path):
     base = ""  # from scratch: the reference is the policy's random start
     kto = ["--config.dpo.loss_type=kto"]
-    run_script(tmp_path / "full", base, prepared, *kto)
-    proc = run_script(tmp_path / "killed", base, prepared, *kto, wait=False)
-    sigkill_after_step(proc, 6)  # once step 6 is logged, checkpoint 4 is committed
-    assert (tmp_path / "killed" / "checkpoints" / "4").is_dir()
-    assert not (tmp_path / "killed" / "checkpoints" / "8").exists()
-    run_script(tmp_path / "killed", base, prepared, *kto)
-    a, b = records(tmp_path / "full"), records(tmp_path / "killed")
-    assert [r["step"] for r in b] == list(range(1, 9))
-    for key in ("loss", "batch_hash", "kl", "rewards/margins"):
-        assert [r[key] for r in b] == [r[key] for r in a], key
-    for x, y in zip(jax.tree.leaves(load_model(str(tmp_path / "full")).params),
-                    jax.tree.leaves(load_model(str(tmp_path / "killed")).params), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert_kill_and_rerun_equals_uninterrupted(
+        tmp_path, base, prepared, *kto, keys=("loss", "batch_hash", "kl", "rewards/margins"))

@@ -12,12 +12,11 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from kill_helpers import sigkill_after_step
-from test_dpo import COMMON, records, run_script
+from test_dpo import COMMON, assert_kill_and_rerun_equals_uninterrupted, records, sft_and_pairs
 
 from llm import sharding
 from llm.config import load_config
-from llm.data import loaders, synthetic
+from llm.data import loaders
 from llm.loading import load_model
 from llm.train import get_task, ref_cache
 from llm.train.dpo import DpoTask, pair_logps
@@ -28,20 +27,9 @@ RUN = [c for c in COMMON if not c.startswith(("eval.every_steps", "data.split"))
 
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
-    """A briefly SFT-trained tiny model and arithmetic pairs (a fifth held out) prepared with
-    its tokenizer."""
-    from llm.data import prepare as prepare_lib
-
-    root = tmp_path_factory.mktemp("refcache")
-    files = synthetic.generate("arithmetic", root / "raw", n=300)
-    base = root / "sft"
-    train(load_config("configs/sft.py:model=tiny", [
-        f"workdir={base}", f"data.path={files['sft']}", "data.tokenizer.vocab_size=300",
-        "total_steps=4", "optim.lr=3e-3", "checkpoint.every_steps=4", *COMMON]))
-    data = load_config("configs/dpo.py:model=tiny").data
-    data.inputs, data.output_dir = str(files["preference"]), str(root / "pairs")
-    data.tokenizer.path, data.split.validation, data.num_workers = str(base / "tokenizer"), 0.2, 0
-    return base, prepare_lib.prepare(data)
+    """test_dpo.py's start with a fifth of the pairs held out (the eval path looks up the
+    validation split's table)."""
+    return sft_and_pairs(tmp_path_factory.mktemp("refcache"), validation=0.2)
 
 
 def dpo_config(workdir, base, pairs, *extra, variant=""):
@@ -161,24 +149,20 @@ def test_the_table_is_written_atomically(start, tmp_path, monkeypatch):
     again = ref_cache.load_or_compute(*args)
     np.testing.assert_array_equal(tables["train"], again["train"])
     assert np.isfinite(tables["train"]).all() and tables["train"].shape[1] == 2
+    # A damaged table is computed again, not a traceback.
+    (stored,) = (tmp_path / ref_cache.CACHE_DIR).glob("*.npz")
+    stored.write_bytes(stored.read_bytes()[:100])
+    np.testing.assert_array_equal(ref_cache.load_or_compute(*args)["train"], tables["train"])
+    with np.load(stored) as rewritten:
+        np.testing.assert_array_equal(rewritten["train"], tables["train"])
 
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_with_precomputed_reference_equals_uninterrupted(start, tmp_path):
     base, pairs = start
-    flag = "--config.dpo.precompute_ref_log_probs=true"
-    run_script(tmp_path / "full", base, pairs, flag)
-    proc = run_script(tmp_path / "killed", base, pairs, flag, wait=False)
-    sigkill_after_step(proc, 6)  # once step 6 is logged, checkpoint 4 is committed
-    assert not (tmp_path / "killed" / "checkpoints" / "8").exists()
-    run_script(tmp_path / "killed", base, pairs, flag)
-    a, b = records(tmp_path / "full"), records(tmp_path / "killed")
-    assert [r["step"] for r in b] == list(range(1, 9))
-    for key in ("loss", "batch_hash", "rewards/margins", "logps/chosen"):
-        assert [r[key] for r in b] == [r[key] for r in a], key
-    for x, y in zip(jax.tree.leaves(load_model(str(tmp_path / "full")).params),
-                    jax.tree.leaves(load_model(str(tmp_path / "killed")).params), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert_kill_and_rerun_equals_uninterrupted(
+        tmp_path, base, pairs, "--config.dpo.precompute_ref_log_probs=true",
+        keys=("loss", "batch_hash", "rewards/margins", "logps/chosen"))
 
 
 @pytest.mark.parametrize("loss_type, message", [

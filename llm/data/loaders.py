@@ -173,6 +173,11 @@ class _Pairs:
     def __len__(self) -> int:
         return len(self._index)
 
+    @property
+    def records(self) -> np.ndarray:
+        """The record index of each pair i (pairs left out by 'skip' have none)."""
+        return self._index
+
     def __getitem__(self, i: int) -> dict:
         out = {}
         record = int(self._index[i])

@@ -169,11 +169,11 @@ class PreferenceTask(PretrainTask):
 
     @property
     def pad_to_multiple_of(self) -> int:
-        """Batch width rounding (llm/data/buckets.py); this task's section's key."""
+        """Batch width rounding (llm/data/buckets.py); this task's section's key, checked."""
         from llm.data import buckets
 
-        key = f"{self.name}.pad_to_multiple_of"
-        return buckets.check_multiple(self.config[self.name].get("pad_to_multiple_of", 0), key)
+        return buckets.check_multiple(self.config[self.name].pad_to_multiple_of,
+                                      f"{self.name}.pad_to_multiple_of")
 
     def check_truncation(self) -> None:
         """`<task>.truncation_mode` is one the loader knows; `<task>.pad_to_multiple_of` is
@@ -183,7 +183,9 @@ class PreferenceTask(PretrainTask):
         if self.truncation_mode not in TRUNCATION_MODES:
             raise ValueError(f"{self.name}.truncation_mode={self.truncation_mode!r}: expected "
                              f"one of {', '.join(TRUNCATION_MODES)}")
-        self.pad_to_multiple_of  # noqa: B018 (the property validates)
+        if self.pad_to_multiple_of > self.config.seq_len:  # checks the value, too
+            print(f"{self.name}.pad_to_multiple_of={self.pad_to_multiple_of} exceeds seq_len="
+                  f"{self.config.seq_len}: every batch keeps seq_len columns", flush=True)
 
     def trim(self, host_batch: dict) -> dict:
         """The host batch cut to its length bucket instead of `seq_len` columns."""
@@ -267,7 +269,7 @@ class DpoTask(PreferenceTask):
     @property
     def precompute(self) -> bool:
         """Whether reference log-probs come from a table computed before training."""
-        return bool(self.config.dpo.get("precompute_ref_log_probs", False))
+        return bool(self.config.dpo.precompute_ref_log_probs)
 
     def side_models(self):
         return {"reference": REFERENCE} if self.needs_reference and not self.precompute else {}

@@ -15,6 +15,7 @@ import hashlib
 import json
 import pathlib
 import time
+import zipfile
 from collections.abc import Callable
 
 import jax
@@ -90,7 +91,7 @@ def score_split(reference: nnx.Module, pair_logps: Callable, pairs, records: int
         host = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         host = buckets.trim_batch(host, seq_len, pad_to_multiple_of)
         logps_2P = np.asarray(score(state, sharding.place_batch(host, mesh)))
-        record_B = np.asarray([pairs[int(i)]["record_index"] for i in index])
+        record_B = pairs.records[index]  # every process's rows, not only this one's
         table[record_B, 0], table[record_B, 1] = logps_2P[:batch_size], logps_2P[batch_size:]
         done = min(at + batch_size, len(pairs))
         if jax.process_index() == 0 and (done == len(pairs) or at // batch_size % 20 == 19):
@@ -109,10 +110,15 @@ def load_or_compute(reference: nnx.Module, pair_logps: Callable, reference_hash:
     key = cache_key(prepared_dir, reference_hash, seq_len, truncation_mode)
     path = pathlib.Path(workdir) / CACHE_DIR / f"{key}.npz"
     if path.exists():
-        with np.load(path) as stored:
-            tables = {split: stored[split] for split in stored.files}
-        print(f"reference log-probs: read {path}", flush=True)
-        return tables
+        try:
+            with np.load(path) as stored:
+                tables = {split: stored[split] for split in stored.files}
+            print(f"reference log-probs: read {path}", flush=True)
+            return tables
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            # A derived table, recomputable from what the run already has.
+            print(f"reference log-probs: {path} is unreadable ({error}); computing it again",
+                  flush=True)
     tables = {}
     for split in SPLITS:
         pairs, records = _split_pairs(prepared_dir, split, seq_len, truncation_mode)
