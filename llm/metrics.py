@@ -236,7 +236,8 @@ def format_eta(seconds: float) -> str:
 def print_progress(step: int, total: int, metrics: Mapping[str, Any], eta_s: float) -> None:
     """One console line per logged step."""
     parts = [f"step {step}/{total}"]
-    for key, fmt in (("loss", "{:.4f}"), ("eval_loss", "{:.4f}"), ("lr", "{:.2e}"),
+    for key, fmt in (("loss", "{:.4f}"), ("eval_loss", "{:.4f}"), ("reward", "{:.3f}"),
+                     ("accuracy", "{:.3f}"), ("lr", "{:.2e}"),
                      ("grad_norm", "{:.3f}"), ("tokens_per_s", "{:,.0f} tok/s"),
                      ("mfu", "{:.1%} MFU")):
         if key in metrics:

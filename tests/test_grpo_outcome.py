@@ -4,6 +4,11 @@ held-out exact-answer accuracy (the mean over 8 sampled answers per held-out que
 Threshold: the gain of the mean accuracy over seeds 0-2 must exceed twice the spread
 (max - min) of the SFT model's accuracy over the same seeds, both measured in this run.
 The held-out questions are in no training input (checked here by exact prompt).
+
+Measured 2026-12-04 on this fixture's start (docs/benchmarks.md, GRPO outcome): SFT
+0.1775 / 0.1762 / 0.1475 (threshold 0.060); after these 1200 steps, run seeds 0/1/2: gains
+0.081 / 0.104 / 0.109 (800 steps: 0.019 to 0.109, too unsteady). Training takes 4.5-5.5
+minutes on 2 CPU cores.
 """
 
 import json
@@ -11,24 +16,16 @@ import json
 import pytest
 
 from llm.config import load_config
+from llm.demo import grpo as grpo_stage
 from llm.train.loop import train
 
 SEEDS = (0, 1, 2)
-SETTINGS = ["batch_size=128", "grpo.num_generations=8", "rl.max_prompt_length=32",
-            "rl.max_completion_length=16", "total_steps=40", "optim.lr=3e-5",
-            "mesh.shape={'data': 8}", "log.every_steps=10", "checkpoint.every_steps=1000",
-            "rl.log_samples_every=0"]
+# The demo's own GRPO stage settings, with its step budget.
+SETTINGS = [*grpo_stage.SETTINGS, f"total_steps={grpo_stage.STEPS}", "mesh.shape={'data': 8}",
+            "checkpoint.every_steps=1000"]
 
 
 @pytest.mark.slow
-# Not run in CI (run=False): a non-strict xfail cannot fail it, and its run costs CPU
-# minutes there; `pytest --runxfail tests/test_grpo_outcome.py` runs it as a plain test.
-@pytest.mark.xfail(strict=False, run=False, reason=(
-    "not reached yet: on the 40-question start every setting tried (lr 1e-5..3e-4) stayed "
-    "within noise or lowered held-out accuracy; on the 200-question `sums` start (SFT 0.170, "
-    "threshold 0.041) lr 3e-5 gave +0.002 and 1e-4 gave -0.012 in 40 steps, and eight more "
-    "settings (2026-12-04, up to 200 steps) at most +0.008: the objective turns over between "
-    "update norms 1e-3 and 1e-2; see docs/benchmarks.md, GRPO outcome"))
 def test_grpo_raises_heldout_accuracy(sft_arithmetic, tmp_path):
     import arithmetic_start
 
@@ -43,10 +40,11 @@ def test_grpo_raises_heldout_accuracy(sft_arithmetic, tmp_path):
               for s in SEEDS]
     config = load_config("configs/grpo.py:model=tiny", [
         f"workdir={tmp_path}", f"init_from={sft_arithmetic.workdir}",
-        f"data.path={sft_arithmetic.files['rl']}", "rl.reward_funcs=arithmetic", *SETTINGS])
+        f"data.path={sft_arithmetic.files['rl']}", *SETTINGS])
     train(config)
     after = [arithmetic_start.heldout_accuracy(tmp_path, sft_arithmetic.heldout_rows, seed=s)
              for s in SEEDS]
     gain = sum(after) / len(after) - sum(before) / len(before)
     threshold = 2 * (max(before) - min(before))
+    print(f"held-out accuracy: SFT {before} -> GRPO {after}; gain {gain:.3f} > {threshold:.3f}")
     assert gain > threshold, (before, after, gain, threshold)

@@ -1,4 +1,5 @@
-"""FLOP and byte counts the benchmarks report, and the datasheet lookups behind them."""
+"""FLOP and byte counts the benchmarks report, the datasheet lookups behind them, and the
+console progress line."""
 
 import dataclasses
 
@@ -29,3 +30,13 @@ def test_cpu_figures_are_measured_and_datasheets_match_jax_device_kinds():
         ("TPU v5p", 459e12, 2.765e12), ("TPU v6 lite", 918e12, 1.64e12), ("cpu", None, None)]:
         assert metrics.datasheet(metrics.PEAK_FLOPS, kind) == flops, kind
         assert metrics.datasheet(metrics.PEAK_BANDWIDTH, kind) == bandwidth, kind
+
+
+def test_progress_line_shows_rl_reward_and_accuracy_when_logged(capsys):
+    metrics.print_progress(5, 800, {"loss": 0.03, "reward": 0.25, "accuracy": 0.25,
+                                        "lr": 1e-4}, eta_s=65)
+    line = capsys.readouterr().out
+    assert line.startswith("step 5/800 | loss 0.0300 | reward 0.250 | accuracy 0.250 |")
+    assert "ETA 1m05s" in line
+    metrics.print_progress(5, 800, {"loss": 0.5}, eta_s=1)
+    assert "reward" not in capsys.readouterr().out
