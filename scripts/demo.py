@@ -31,9 +31,10 @@ from llm.demo.context import Context  # noqa: E402
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "where every stage writes")
 _STAGES = flags.DEFINE_list("stages", list(STAGES), "stages to run, of: " + "; ".join(
     f"{name} ({stage.DESCRIPTION})" for name, stage in STAGES.items()))
-_STEPS = flags.DEFINE_integer("steps", 300, "pretraining steps")
-_SFT_STEPS = flags.DEFINE_integer("sft_steps", 300, "fine-tuning steps")
-_FILES = flags.DEFINE_integer("files", 400, "standard-library files in the corpus")
+_DEFAULT = Context(workdir=pathlib.Path(), root=ROOT)
+_STEPS = flags.DEFINE_integer("steps", _DEFAULT.steps, "pretraining steps")
+_SFT_STEPS = flags.DEFINE_integer("sft_steps", _DEFAULT.sft_steps, "fine-tuning steps")
+_FILES = flags.DEFINE_integer("files", _DEFAULT.files, "standard-library files in the corpus")
 _POST_STEPS = flags.DEFINE_integer("post_steps", 0, "steps of each post-training stage "
                                    "(reward, dpo, grpo, ppo; 0: each stage's own default)")
 

@@ -15,14 +15,16 @@ import dataclasses
 import json
 import pathlib
 
+from llm.demo.context import Context
 from llm.demo.measure import heldout_accuracy  # noqa: F401  (the outcome tests' measure)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The budget: small enough for the slow tests, enough for an SFT model that is right part of
-# the time (see test_arithmetic_start.py for the range it must land in).
-PRETRAIN_STEPS = 60
-SFT_STEPS = 400
-CORPUS_FILES = 120
+# The demo's own defaults: small enough for the slow tests, enough for an SFT model that is
+# right part of the time (see test_arithmetic_start.py for the range it must land in).
+_DEMO = Context(workdir=pathlib.Path(), root=ROOT)
+PRETRAIN_STEPS = _DEMO.steps
+SFT_STEPS = _DEMO.sft_steps
+CORPUS_FILES = _DEMO.files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +40,6 @@ def build(root: pathlib.Path, *, pretrain_steps: int = PRETRAIN_STEPS,
           sft_steps: int = SFT_STEPS, files: int = CORPUS_FILES) -> StartPoint:
     """Run the demo's data, pretrain and sft stages under `root`; reruns reuse what exists."""
     from llm.demo import data, pretrain, sft
-    from llm.demo.context import Context
 
     ctx = Context(workdir=root, root=ROOT, steps=pretrain_steps, sft_steps=sft_steps,
                   files=files)

@@ -25,4 +25,10 @@ def test_demo_runs_every_stage(tmp_path):
     assert list(results) == ["base", "SFT", "DPO", "GRPO", "PPO"]  # every checkpoint measured
     for model in results.values():
         assert 0.0 <= model["heldout_accuracy"] <= 1.0 and model["bits_per_byte"] > 0
+        assert len(model["heldout_accuracy_per_seed"]) == 3  # the outcome tests' seeds
+    for label in ("DPO", "GRPO", "PPO"):  # each set against twice SFT's seed spread
+        sft = results["SFT"]["heldout_accuracy_per_seed"]
+        assert results[label]["margin"] == 2 * (max(sft) - min(sft))
+        assert results[label]["clears"] == (results[label]["gain_over_sft"]
+                                            > results[label]["margin"])
     assert "| model | held-out accuracy |" in table  # per-model rows below the table

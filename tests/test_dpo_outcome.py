@@ -23,13 +23,13 @@ import pytest
 from arithmetic_start import heldout_accuracy
 
 from llm.config import load_config
+from llm.demo import dpo as dpo_stage
 from llm.train.loop import train
 
 SEEDS = (0, 1, 2)
-DPO = ["dpo.loss_type=orpo", "dpo.beta=0.1", "total_steps=300", "optim.lr=3e-4",
-       "optim.warmup_steps=10", "batch_size=16", "seq_len=64", "eval.every_steps=0",
-       "log.every_steps=20", "checkpoint.every_steps=200", "data.num_workers=0",
-       "mesh.shape={'data': 8}"]
+# The demo's own DPO stage settings, with its step budget.
+DPO = [*dpo_stage.SETTINGS, f"total_steps={dpo_stage.STEPS}",
+       f"checkpoint.every_steps={dpo_stage.STEPS}", "mesh.shape={'data': 8}"]
 
 
 def prompts_of(path) -> set[str]:

@@ -12,9 +12,12 @@ class Context:
 
     workdir: pathlib.Path  # every stage writes here; a later stage reads an earlier one's output
     root: pathlib.Path  # the repository, for `configs/*.py`
-    steps: int = 300  # pretraining steps
-    sft_steps: int = 300  # fine-tuning steps
-    files: int = 400  # standard-library files in the corpus
+    # The defaults are the start the DPO, GRPO and PPO outcome tests prove their gains from
+    # (tests/arithmetic_start.py): SFT after a short pretraining answers more held-out sums
+    # than after 300 steps (17% against 11% sampled), which leaves room a later stage can show.
+    steps: int = 60  # pretraining steps
+    sft_steps: int = 400  # fine-tuning steps
+    files: int = 120  # standard-library files in the corpus
     post_steps: int = 0  # steps of each post-training stage (0: each stage's own default)
 
     def steps_of(self, default: int) -> int:

@@ -6,7 +6,7 @@ from llm.demo.context import Context
 
 NAME = "dpo"
 DESCRIPTION = "the DPO family (ORPO) from the SFT model on the verified pairs"
-STEPS = 200
+STEPS = 300  # tests/test_dpo_outcome.py proves these settings and budget on this start
 # ORPO (the odds-ratio term plus the SFT loss on the chosen answer): on these on-policy pairs
 # plain sigmoid DPO pushes down the tokens both answers share (docs/benchmarks.md, DPO outcome).
 SETTINGS = ["dpo.loss_type=orpo", "dpo.beta=0.1", "optim.lr=3e-4", "optim.warmup_steps=10",

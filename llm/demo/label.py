@@ -8,7 +8,7 @@ NAME = "label"
 DESCRIPTION = "answers sampled from the fine-tuned model, verified into preference pairs"
 
 
-PROMPTS = 160  # distinct training questions labelled
+PROMPTS = None  # distinct training questions labelled (None: all, as the DPO outcome test does)
 RESPONSES = 8  # sampled answers per question
 
 
