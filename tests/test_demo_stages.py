@@ -12,8 +12,13 @@ def test_stages_run_in_order_and_have_the_interface():
 
 
 def test_headlines_and_table(capsys):
-    models = {"base": {"heldout_accuracy": 0.0, "bits_per_byte": 3.5},
-              "SFT": {"heldout_accuracy": 0.5, "bits_per_byte": 3.4}}
+    models = {"base": {"heldout_accuracy": 0.0, "heldout_accuracy_per_seed": [0.0] * 3,
+                       "bits_per_byte": 3.5},
+              "SFT": {"heldout_accuracy": 0.5, "heldout_accuracy_per_seed": [0.5, 0.49, 0.51],
+                      "bits_per_byte": 3.4},
+              "DPO": {"heldout_accuracy": 0.6, "heldout_accuracy_per_seed": [0.6, 0.6, 0.6],
+                      "bits_per_byte": 3.45, "gain_over_sft": 0.1, "margin": 0.04,
+                      "clears": True}}
     evaluated = {"models": models, "questions": 200, "file": "eval/results.json"}
     rows = [report.StageReport("pretrain", 12.4, STAGES["pretrain"].headline(
                 {"loss": 2.5, "eval_perplexity": 9.87, "step": 20}), None),
@@ -27,7 +32,12 @@ def test_headlines_and_table(capsys):
         "| pretrain | 12 | train loss 2.500, validation perplexity 9.9 after 20 steps |\n"
         "| sft | 3 | answer accuracy on 200 held-out arithmetic questions: 10.0% before, "
         "52.5% after SFT |\n"
-        "| eval | 5 | held-out accuracy (200 questions × 8): base 0.0%, SFT 50.0% |\n"
-        "\neval:\n| model | held-out accuracy | bits per byte (stdlib, unseen) |\n"
-        "|---|---|---|\n| base | 0.0% | 3.500 |\n| SFT | 50.0% | 3.400 |\n\n"
+        "| eval | 5 | held-out accuracy (200 questions × 8, mean of 3 seeds): base 0.0%, "
+        "SFT 50.0%, DPO 60.0% (+10.0%); a gain over SFT counts above 4.0% (twice SFT's seed "
+        "spread) |\n"
+        "\neval:\n| model | held-out accuracy | seeds 0/1/2 | over SFT | bits per byte "
+        "(stdlib, unseen) |\n|---|---|---|---|---|\n"
+        "| base | 0.0% | 0.0% / 0.0% / 0.0% |  | 3.500 |\n"
+        "| SFT | 50.0% | 50.0% / 49.0% / 51.0% |  | 3.400 |\n"
+        "| DPO | 60.0% | 60.0% / 60.0% / 60.0% | +10.0% (above 4.0%) | 3.450 |\n\n"
         "(written to eval/results.json)\n")
