@@ -30,11 +30,13 @@ def outcome(sft_arithmetic, tmp_path_factory):
 # Not run in CI (run=False): a non-strict xfail cannot fail it, and its run costs CPU
 # minutes there; `pytest --runxfail tests/test_ppo_outcome.py` runs it as a plain test.
 @pytest.mark.xfail(strict=False, run=False, reason=(
-    "2026-12-02, these settings: the held-out score rises (0.785 -> 0.883 over 4 samples a "
-    "question) and the last-20% KL was ~1.2 (<= 1.5), but verifier accuracy falls (8 samples: "
-    "0.47 -> 0.28): the demo's reward model (160 distinct pairs, final Bradley-Terry loss "
-    "~0.60) is exploited. With the verifier weighted in (rl.reward_weights=4) accuracy fell "
-    "less (0.46 -> 0.40) and the score did not rise. Not met."))
+    "not reached (docs/benchmarks.md, PPO outcome, 2026-12-07): on the sums start the best "
+    "reward model ranks the SFT model's held-out answers right 63% of the time (this file's, "
+    "on the generator's near-miss pairs: 49%); against it five PPO settings (16-128 "
+    "completions per update, lr 2e-5..1e-4, 40-300 steps, shared or separate value) raised "
+    "the held-out score by at most +0.012 (seed spread 0.059) and accuracy fell wherever the "
+    "KL passed ~0.5 (0.167 -> 0.128-0.139). 2026-12-02, older start: the score rose, accuracy "
+    "0.47 -> 0.28."))
 def test_ppo_raises_the_reward_model_score_within_the_kl_budget(outcome):
     (score_before, accuracy_before), (score_after, accuracy_after), rows = outcome
     assert [r["step"] for r in rows] == list(range(1, PPO_STEPS + 1))
