@@ -37,10 +37,8 @@ def train_reward(root: pathlib.Path, start) -> pathlib.Path:
     steps = reward_stage.STEPS
     train(load_config("configs/reward.py:model=tiny", [
         f"workdir={root / 'reward'}", f"init_from={start.workdir}", f"data.path={pairs}",
-        "data.split.validation=0.1", "batch_size=16", "seq_len=64", f"total_steps={steps}",
-        f"optim.lr={reward_stage.LR}", "optim.warmup_steps=10", f"eval.every_steps={steps}",
-        "eval.steps=12", f"checkpoint.every_steps={steps}", "mesh.shape={'data': 8}",
-        "log.every_steps=100"]))
+        *reward_stage.SETTINGS, f"total_steps={steps}", f"eval.every_steps={steps}",
+        f"checkpoint.every_steps={steps}", "mesh.shape={'data': 8}"]))
     return root / "reward"
 
 

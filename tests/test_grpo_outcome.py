@@ -31,8 +31,8 @@ SETTINGS = [*grpo_stage.SETTINGS, f"total_steps={grpo_stage.STEPS}",
 
 def train_on_one_device(overrides: list[str]) -> None:
     """scripts/train.py in a process of its own on one CPU device, as the demo trains: 1200
-    steps take ~220 s there against ~310 s on this process's 8 simulated devices (the
-    sharded GRPO paths are tested in test_grpo.py)."""
+    steps took 182 s there against 312 s on this process's 8 simulated devices (2026-12-07;
+    the sharded GRPO paths are tested in test_grpo.py)."""
     subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"),
                     "--config=" + str(ROOT / "configs" / "grpo.py") + ":model=tiny",
                     *(f"--config.{o}" for o in overrides)],

@@ -10,7 +10,8 @@ DESCRIPTION = "a reward model (score head on the SFT model) trained on the verif
 # right answer over a wrong one 63% of the time; 150 steps at 1e-3 stayed at chance (49-53%)
 # (docs/benchmarks.md, PPO outcome).
 STEPS = 1500
-LR = 5e-5
+SETTINGS = ["data.split.validation=0.1", "batch_size=16", "seq_len=64", "optim.lr=5e-5",
+            "optim.warmup_steps=10", "eval.steps=12", "log.every_steps=100"]
 
 
 def run(ctx: Context) -> dict:
@@ -20,10 +21,8 @@ def run(ctx: Context) -> dict:
     steps = ctx.steps_of(STEPS)
     config = ctx.config("reward.py:model=tiny", [
         f"workdir={ctx.workdir / 'reward'}", f"init_from={ctx.workdir / 'sft'}",
-        f"data.path={ctx.workdir / 'label' / 'preferences.jsonl'}",
-        "data.split.validation=0.1", "batch_size=16", "seq_len=64", f"total_steps={steps}",
-        f"optim.lr={LR}", "optim.warmup_steps=10", f"eval.every_steps={steps}",
-        "eval.steps=12", f"checkpoint.every_steps={steps}", "log.every_steps=100",
+        f"data.path={ctx.workdir / 'label' / 'preferences.jsonl'}", *SETTINGS,
+        f"total_steps={steps}", f"eval.every_steps={steps}", f"checkpoint.every_steps={steps}",
     ])
     final = train(config)
     return {"step": final["step"], "accuracy": final.get("accuracy"),
