@@ -107,8 +107,7 @@ class Scorer:
         """Ids of one chat row (the user prompt, then the assistant response)."""
         from llm.data import chat
 
-        return chat.render_prompt(self.tokenizer, prompt) + chat.render_response(
-            self.tokenizer, response)
+        return chat.render_pair(self.tokenizer, prompt, response).ids
 
     def score_ids(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """Scores of token-id rows (each at most seq_len long), float32 [len(rows)]."""

@@ -49,6 +49,7 @@ class WordTokenizer:
 
     def __init__(self, vocab_size: int):
         self.vocab_size, self.eos_id, self.pad_id, self.bos_id = vocab_size, 1, 0, 0
+        self.eos_ids = self.stop_ids = (self.eos_id,)
 
     def decode(self, ids) -> str:
         return " ".join(f"t{int(i)}" for i in ids)

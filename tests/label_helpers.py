@@ -15,6 +15,10 @@ class ByteTokenizer:
 
     bos_id, eos_id, pad_id, vocab_size = 256, 257, 258, 259
 
+    @property
+    def eos_ids(self):
+        return (self.eos_id,)
+
     def encode(self, text, add_bos=False, add_eos=False):
         return [256] * add_bos + list(text.encode("latin-1", "replace")) + [257] * add_eos
 

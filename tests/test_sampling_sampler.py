@@ -13,6 +13,10 @@ class ByteTokenizer:
 
     bos_id, eos_id, pad_id, vocab_size = 256, 257, 258, 259
 
+    @property
+    def eos_ids(self):
+        return (self.eos_id,)
+
     def encode(self, text, add_bos=False, add_eos=False):
         return [self.bos_id] * add_bos + list(text.encode("latin-1")) + [self.eos_id] * add_eos
 

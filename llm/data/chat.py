@@ -12,6 +12,7 @@ role tokens (imported `tokenizer.json`) get the same layout with the markers as 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from llm.data import DataError
@@ -63,12 +64,41 @@ def render_messages(tok: Tokenizer, messages: Sequence[dict], add_generation_pro
     return ids, mask
 
 
-def render_prompt(tok: Tokenizer, prompt: str, system: str | None = None) -> list[int]:
-    """Ids of a single-turn user prompt followed by the assistant marker (what RL samples)."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [
+def prompt_messages(prompt: str | Sequence[dict], system: str | None = None) -> list[dict]:
+    """A prompt as a message list: a string is one user turn (after `system`, if given)."""
+    if not isinstance(prompt, str):
+        return list(prompt)
+    return ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}]
-    ids, _ = render_messages(tok, messages, add_generation_prompt=True)
+
+
+def render_prompt(tok: Tokenizer, prompt: str | Sequence[dict], system: str | None = None
+                  ) -> list[int]:
+    """Ids of a prompt (a user string or messages) ending in the assistant's generation prompt
+    (what sampling and RL start from)."""
+    ids, _ = render_messages(tok, prompt_messages(prompt, system), add_generation_prompt=True)
     return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedPair:
+    """A prompt and one assistant reply rendered as one conversation.
+
+    `ids` starts with `prompt_ids`; `mask` is 1 exactly on the reply's tokens (its end of
+    turn included), which preference, KTO and reward rows score.
+    """
+
+    prompt_ids: list[int]
+    ids: list[int]
+    mask: list[int]
+
+
+def render_pair(tok: Tokenizer, prompt: str | Sequence[dict], reply: str) -> RenderedPair:
+    """Ids of `prompt` followed by the assistant's `reply` (see RenderedPair)."""
+    prompt_ids = render_prompt(tok, prompt)
+    reply_ids = render_response(tok, reply)
+    return RenderedPair(prompt_ids, prompt_ids + reply_ids,
+                        [0] * len(prompt_ids) + [1] * len(reply_ids))
 
 
 def render_response(tok: Tokenizer, response: str) -> list[int]:

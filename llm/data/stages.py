@@ -272,19 +272,16 @@ def tokenise_shard(cfg: dict, out: str, shard: int, dropped: dict, tok_dir: str,
                 ids, mask = chat.render_messages(tok, f["messages"])
                 writer(sp, "sft", True, False).add(ids, mask)
             elif kind == "preference":
-                prompt = chat.render_prompt(tok, f["prompt"])
                 for stream in ("chosen", "rejected"):
-                    resp = chat.render_response(tok, f[stream])
+                    pair = chat.render_pair(tok, f["prompt"], f[stream])
                     # the chosen stream carries the pair's margin (the reward task's loss)
                     extra = {"margin": f.get("margin", 0.0)} if stream == "chosen" else None
-                    writer(sp, stream, True, stream == "chosen").add(
-                        prompt + resp, [0] * len(prompt) + [1] * len(resp), extra)
+                    writer(sp, stream, True, stream == "chosen").add(pair.ids, pair.mask, extra)
             elif kind == "unpaired":
-                prompt = chat.render_prompt(tok, f["prompt"])
-                resp = chat.render_response(tok, f["completion"])
+                pair = chat.render_pair(tok, f["prompt"], f["completion"])
                 writer(sp, "completion", True, True).add(
-                    prompt + resp, [0] * len(prompt) + [1] * len(resp),
-                    {"label": f["label"], "prompt_length": len(prompt)})
+                    pair.ids, pair.mask,
+                    {"label": f["label"], "prompt_length": len(pair.prompt_ids)})
             else:
                 writer(sp, "prompt", False, True).add(
                     chat.render_prompt(tok, f["prompt"]), extra={"answer": f.get("answer")})

@@ -141,6 +141,18 @@ class Tokenizer:
         return int(self._config["eos_id"])
 
     @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends generation (EOS; `min_new_tokens` suppresses all of them)."""
+        return (self.eos_id,)
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Ids that end an assistant turn: `eos_ids`, then the chat template's end-of-turn
+        token where it is a token of its own."""
+        end = self.role_ids.get("end")
+        return self.eos_ids + ((end,) if end is not None and end not in self.eos_ids else ())
+
+    @property
     def pad_id(self) -> int:
         """Padding id (0 for tokenizers trained here)."""
         return int(self._config["pad_id"])

@@ -28,6 +28,7 @@ class TokenizerLike(Protocol):
 
     bos_id: int
     eos_id: int
+    eos_ids: tuple[int, ...]
     pad_id: int
     vocab_size: int
 
@@ -114,7 +115,7 @@ class Sampler:
 
     def _hidden_ids(self, stop_token_ids: Sequence[int]) -> set[int]:
         """Ids that end a row without being part of its text: EOS and the stop ids."""
-        eos = {self.tokenizer.eos_id} if self.tokenizer is not None else set()
+        eos = set(self.tokenizer.eos_ids) if self.tokenizer is not None else set()
         return eos | {int(i) for i in stop_token_ids}
 
     def complete(self, prompts: Sequence[str | Sequence[int]],
@@ -137,7 +138,7 @@ class Sampler:
         stops = self._check_stops(stop)
         tokens_BP, lengths = self._batch(prompts)
         hidden = self._hidden_ids(stop_token_ids)
-        eos_ids = [self.tokenizer.eos_id] if self.tokenizer is not None else []
+        eos_ids = list(self.tokenizer.eos_ids) if self.tokenizer is not None else []
         found = beam.beam_search(
             self.graphdef, self.params, tokens_BP, lengths,
             beam_width=beam_width, max_new_tokens=max_new_tokens, max_len=self.max_len,
@@ -184,7 +185,7 @@ class Sampler:
         elif controls:
             raise ValueError(f"pass either sampling_params or controls, not both: {controls}")
         # Without a tokenizer (prompt_ids only) there is no EOS and no text, just tokens.
-        eos_ids = [self.tokenizer.eos_id] if self.tokenizer is not None else []
+        eos_ids = list(self.tokenizer.eos_ids) if self.tokenizer is not None else []
         hidden = self._hidden_ids(stop_token_ids)  # they end a row but are not text
         state, max_len = sampling.prefill(
             self.graphdef, self.params, tokens_BP, lengths, sampling_params,
@@ -364,7 +365,7 @@ def chat_sampler(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, **kwargs: 
     def template(messages):
         return chat.render_messages(tokenizer, messages, True)[0]
 
-    end_ids = [tokenizer.role_ids["end"]] if "end" in tokenizer.role_ids else []
+    end_ids = [i for i in tokenizer.stop_ids if i not in tokenizer.eos_ids]
     return Sampler(graphdef, params, tokenizer, chat_template=template, **kwargs), end_ids
 
 

@@ -171,10 +171,7 @@ class GrpoTask(Task):
 
     def eos_ids(self) -> list[int]:
         """Ids that end a completion: EOS and the chat template's end-of-turn marker."""
-        ids = [self.tokenizer.eos_id]
-        if "end" in getattr(self.tokenizer, "role_ids", {}):
-            ids.append(self.tokenizer.role_ids["end"])
-        return ids
+        return list(self.tokenizer.stop_ids)
 
     # ------------------------------------------------------------------ rollout batch
     def prepare(self, models, host_batch, rng):

@@ -90,6 +90,16 @@ def test_chat_mask_is_exactly_the_assistant(prepared):
         tok, [msgs[1]], add_generation_prompt=True)[0]
 
 
+def test_pair_is_prompt_then_reply_and_stop_ids_end_a_turn(prepared):
+    tok = Tokenizer.load(prepared["sft"] / "tokenizer")
+    pair = chat.render_pair(tok, "2+2?", "4")
+    assert pair.ids[:len(pair.prompt_ids)] == pair.prompt_ids == chat.render_prompt(tok, "2+2?")
+    replied = [i for i, m in zip(pair.ids, pair.mask, strict=True) if m]
+    assert replied == tok.encode("4") + [tok.role_ids["end"], tok.eos_id]
+    assert chat.render_pair(tok, [{"role": "user", "content": "2+2?"}], "4") == pair
+    assert tok.stop_ids == (tok.eos_id, tok.role_ids["end"]) and tok.eos_ids == (tok.eos_id,)
+
+
 def test_sft_loader_learns_only_answers(prepared):
     tok = Tokenizer.load(prepared["sft"] / "tokenizer")
     b = next(iter(loaders.sft_loader(prepared["sft"], "train", 64, 2, 0, 1)))
