@@ -35,3 +35,12 @@ def sft_arithmetic(tmp_path_factory):
     with open(shared / "sft_arithmetic.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return arithmetic_start.build(shared / "sft_arithmetic")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct as a Hugging Face directory (tests/smollm2.py), built once a run
+    and shared by the xdist workers."""
+    import smollm2
+
+    return smollm2.build(tmp_path_factory.getbasetemp().parent / "smollm2-hf")
