@@ -136,6 +136,9 @@ def data_section(preset: str = "code") -> ml_collections.ConfigDict:
     c.tokenizer.max_sentences = 200_000
     c.tokenizer.add_bos = True
     c.tokenizer.add_eos = True
+    # A Jinja chat template file (Hugging Face semantics) that sets or overrides the tokenizer's
+    # own: base models have none; tokenizers trained here default to the role-token layout.
+    c.chat_template = ""
 
     c.mixture = ml_collections.ConfigDict()
     # 'source=weight,...' where source is a substring of an input path; weight 2.0 repeats

@@ -32,6 +32,7 @@ import xxhash
 
 from llm.data import DataError, checksums, clean, decontaminate, dedup, report, stages, tokenizer
 from llm.data.executors import EXECUTORS, Executor
+from llm.data.jinja_chat import compile_template
 from llm.data.loaders import META_FILE
 from llm.data.mixture import check_sources, mixture_weights
 from llm.data.records import token_dtype
@@ -114,6 +115,8 @@ def _manifest(cfg: ml_collections.ConfigDict, files: list[pathlib.Path]) -> dict
             [pathlib.Path(cfg.clean.filters.bad_words_file).expanduser()])
     if cfg.tokenizer.path:
         manifest["tokenizer_files"] = _hashes(Tokenizer.files(cfg.tokenizer.path))
+    if cfg.chat_template:
+        manifest["chat_template"] = _hashes([pathlib.Path(cfg.chat_template).expanduser()])
     return manifest
 
 
@@ -208,8 +211,8 @@ def prepare(data_config: ml_collections.ConfigDict) -> pathlib.Path:
     files = list_input_files(inputs)
     out = _output_dir(c.output_dir, inputs, files)
     check_sources(mixture_weights(c.mixture.weights), [str(f) for f in files])
-    if c.tokenizer.path:
-        Tokenizer.load(c.tokenizer.path)  # a missing or corrupt one fails before any writing
+    if c.tokenizer.path:  # a missing or corrupt one fails before any writing
+        with_template(Tokenizer.load(c.tokenizer.path), c.chat_template)
     manifest = _manifest(c, files)
     _claim_output(out, manifest, c.overwrite)
     if is_prepared(out):
@@ -271,19 +274,21 @@ def _run_stages(c: ml_collections.ConfigDict, out: pathlib.Path, files: list[pat
         dropped.update({o: ("contamination", None) for o in contaminated})
 
     tok_dir = out / "tokenizer"
-    if not (tok_dir / "tokenizer_config.json").exists():
+    if not Tokenizer.exists(tok_dir):
         if c.tokenizer.path:
-            Tokenizer.load(c.tokenizer.path).save(tok_dir)
+            tok = Tokenizer.load(c.tokenizer.path)
         else:
             texts = (stages.content_key(r["kind"], r["fields"]) for s in range(k)
                      for r in stages.iter_spill(str(out), s)
                      if r["split"] == "train" and r["o"] not in dropped)
             texts = _nonempty(texts, "no training documents are left: "
                               f"{_losses(scans, dropped)}", out)
-            train_tokenizer(texts, tok_dir, c.tokenizer.vocab_size, c.tokenizer.model_type,
-                            c.tokenizer.byte_fallback, c.tokenizer.max_sentences,
-                            seed=c.seed)
+            tok = train_tokenizer(texts, tok_dir, c.tokenizer.vocab_size,
+                                  c.tokenizer.model_type, c.tokenizer.byte_fallback,
+                                  c.tokenizer.max_sentences, seed=c.seed)
+        with_template(tok, c.chat_template).save(tok_dir)
     tok = Tokenizer.load(tok_dir)
+    check_tokenizer_for(tok, {kind for scan in scans for kind in scan["kinds"]})
     dtype = token_dtype(tok.vocab_size).name
     written = _stage(out, "tokenise", lambda: run(
         stages.tokenise_shard, [(cfg, str(out), s, dropped, str(tok_dir), dtype)
@@ -295,6 +300,29 @@ def _run_stages(c: ml_collections.ConfigDict, out: pathlib.Path, files: list[pat
     report.write(out, c, scans, dd["stats"], contaminated, dropped, written, tok, dtype,
                  manifest, bad)
     checksums.write_manifest(out, exclude=(stages.WORK,))  # checked at each training start
+
+
+def with_template(tok: Tokenizer, template_file: str) -> Tokenizer:
+    """`tok` with the Jinja chat template in `template_file` (data.chat_template), if set;
+    DataError naming the file when it is missing or does not parse."""
+    if not template_file:
+        return tok
+    path = pathlib.Path(template_file).expanduser()
+    if not path.is_file():
+        raise DataError("data.chat_template: no such file (expected a Jinja chat template)",
+                        str(path))
+    source = path.read_text(encoding="utf-8")
+    compile_template(source, str(path))
+    return tok.with_chat_template(source, str(path))
+
+
+def check_tokenizer_for(tok: Tokenizer, kinds: set[str]) -> None:
+    """DataError naming the tokenizer's directory when it lacks what the rows need: a chat
+    template for chat, preference and prompt rows, an end-of-sequence token for SFT."""
+    if kinds & {"chat", "preference", "unpaired", "prompt"}:
+        tok.require("chat", f"preparing {'/'.join(sorted(kinds))} rows")
+    if kinds - {"prompt"}:
+        tok.require("eos", f"preparing {'/'.join(sorted(kinds))} rows")
 
 
 def _nonempty(items, message: str, where):

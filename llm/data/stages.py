@@ -245,6 +245,12 @@ def contaminated(cfg: dict, out: str, shard: int, dropped: dict, ngrams: np.ndar
     return hits
 
 
+def _template_fields(fields: dict) -> dict:
+    """A chat row's other fields (e.g. a `tools` list), which a Jinja template sees as
+    transformers' `apply_chat_template(**kwargs)` passes them."""
+    return {k: v for k, v in fields.items() if k not in ("messages", "add_generation_prompt")}
+
+
 def tokenise_shard(cfg: dict, out: str, shard: int, dropped: dict, tok_dir: str,
                    dtype: str) -> dict:
     """Stage 4 for one shard: write records of every split; returns counts per split/stream."""
@@ -263,26 +269,29 @@ def tokenise_shard(cfg: dict, out: str, shard: int, dropped: dict, tok_dir: str,
         if r["o"] in dropped:
             continue
         kind, f, sp = r["kind"], r["fields"], r["split"]
+        where = f"{r['source']}:{r['line']}"
         copies = repeats(r["source"], content_key(kind, f), weights) if sp == "train" else 1
         for _ in range(copies):
             if kind == "text":
                 writer(sp, "text", False, False).add(
                     tok.encode(f["text"], c.tokenizer.add_bos, c.tokenizer.add_eos))
             elif kind == "chat":
-                ids, mask = chat.render_messages(tok, f["messages"])
+                ids, mask = chat.render_messages(tok, f["messages"], where=where,
+                                                 **_template_fields(f))
                 writer(sp, "sft", True, False).add(ids, mask)
             elif kind == "preference":
                 for stream in ("chosen", "rejected"):
-                    pair = chat.render_pair(tok, f["prompt"], f[stream])
+                    pair = chat.render_pair(tok, f["prompt"], f[stream], where)
                     # the chosen stream carries the pair's margin (the reward task's loss)
                     extra = {"margin": f.get("margin", 0.0)} if stream == "chosen" else None
                     writer(sp, stream, True, stream == "chosen").add(pair.ids, pair.mask, extra)
             elif kind == "unpaired":
-                pair = chat.render_pair(tok, f["prompt"], f["completion"])
+                pair = chat.render_pair(tok, f["prompt"], f["completion"], where)
                 writer(sp, "completion", True, True).add(
                     pair.ids, pair.mask,
                     {"label": f["label"], "prompt_length": len(pair.prompt_ids)})
             else:
                 writer(sp, "prompt", False, True).add(
-                    chat.render_prompt(tok, f["prompt"]), extra={"answer": f.get("answer")})
+                    chat.render_prompt(tok, f["prompt"], where=where),
+                    extra={"answer": f.get("answer")})
     return {f"{s}/{st}": w.close() for (s, st), w in sorted(writers.items())}

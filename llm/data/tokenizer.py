@@ -1,10 +1,16 @@
 """One `Tokenizer` interface over sentencepiece (`tokenizer.model`) and `tokenizers` (`.json`).
 
-A tokenizer directory holds the model file plus `tokenizer_config.json` (special ids, the
-chat role tokens and the chat template), so a workdir or a prepared dataset alone is enough
-to encode, decode and render chats. `train_tokenizer` trains a sentencepiece model (BPE or
-unigram, byte fallback) on a sample of a corpus with the project's special tokens:
-`<pad>`=0, `<unk>`=1, `<s>`=2, `</s>`=3, then the chat role tokens.
+Two kinds of tokenizer directory:
+- *trained here* (`train_tokenizer`): `tokenizer.model` plus `llm_tokenizer.json`, this
+  project's own metadata (special ids, the chat role tokens). Special tokens: `<pad>`=0,
+  `<unk>`=1, `<s>`=2, `</s>`=3, then the chat role tokens; chats use the role-token layout of
+  `llm/data/chat.py`.
+- *Hugging Face* (an imported model's): its files, kept byte for byte; special tokens, EOS
+  list and Jinja chat template read as transformers reads them (`special_tokens.py`).
+  `llm_tokenizer.json`, when present, only adds a chat template set by
+  `--config.data.chat_template`.
+Directories written before `llm_tokenizer.json` existed kept this project's keys in
+`tokenizer_config.json`; they still load.
 """
 
 from __future__ import annotations
@@ -19,10 +25,15 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 
 from llm.data import DataError
+from llm.data.special_tokens import HF_CONFIG_FILE, read_special_tokens
 
-CONFIG_FILE = "tokenizer_config.json"
+OUR_FILE = "llm_tokenizer.json"
 SPM_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
+# A Hugging Face tokenizer directory's files, copied byte for byte wherever it travels.
+HF_FILES = (SPM_FILE, HF_FILE, HF_CONFIG_FILE, "special_tokens_map.json", "added_tokens.json",
+            "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+            "generation_config.json")
 
 # Role tokens are user-defined symbols: always one id each, never split or merged.
 ROLE_TOKENS = {
@@ -31,53 +42,87 @@ ROLE_TOKENS = {
     "assistant": "<|assistant|>",
     "end": "<|end|>",
 }
-# The chat template (rendered by llm/data/chat.py): per message `{role}{content}{end}\n`.
+# The chat layout of tokenizers trained here (rendered by llm/data/chat.py): per message
+# `{role}{content}{end}\n`.
 DEFAULT_CHAT_TEMPLATE = {"format": "role_tokens", "separator": "\n"}
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON ({e.msg})", str(path), e.lineno) from None
+    if not isinstance(value, dict):
+        raise DataError(f"expected a JSON object, got {type(value).__name__}", str(path))
+    return value
+
+
+def _our_config(directory: pathlib.Path) -> dict | None:
+    """This project's metadata: llm_tokenizer.json, or (older directories) our keys in
+    tokenizer_config.json; None for a plain Hugging Face directory."""
+    if (directory / OUR_FILE).is_file():
+        return _read_json(directory / OUR_FILE)
+    legacy = directory / HF_CONFIG_FILE
+    if legacy.is_file():
+        config = _read_json(legacy)
+        if "role_ids" in config and "kind" in config:
+            return config
+    return None
 
 
 class Tokenizer:
     """Encode/decode text, expose special ids and chat role tokens; load/save a directory."""
 
-    def __init__(self, backend, kind: str, config: dict, model_path: pathlib.Path):
+    def __init__(self, backend, kind: str, config: dict, model_path: pathlib.Path,
+                 hf=None):
         self._backend = backend
         self._kind = kind  # 'sentencepiece' | 'tokenizers'
         self._config = config
         self._model_path = model_path
+        self._hf = hf  # SpecialTokens of a Hugging Face directory, None for ours
 
     # ----- loading and saving -------------------------------------------------------------
     @classmethod
     def load(cls, directory: str | pathlib.Path) -> Tokenizer:
-        """Load a tokenizer directory (tokenizer.model or tokenizer.json + config)."""
+        """Load a tokenizer directory (trained here or a Hugging Face one)."""
         directory = pathlib.Path(directory)
         if directory.is_file() and directory.name in (SPM_FILE, HF_FILE):
             directory = directory.parent
         if not directory.is_dir():
             raise DataError("tokenizer directory does not exist", str(directory))
-        config: dict = {}
-        config_path = directory / CONFIG_FILE
-        if config_path.exists():
-            try:
-                config = json.loads(config_path.read_text())
-            except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON ({e.msg})", str(config_path), e.lineno) from e
-        if (directory / SPM_FILE).exists():
+        ours = _our_config(directory)
+        trained_here = ours is not None and "role_ids" in ours
+        if (directory / SPM_FILE).exists() and (trained_here or not (directory / HF_FILE).exists()):
             path = directory / SPM_FILE
             try:
                 backend = spm.SentencePieceProcessor(model_file=str(path))
             except (RuntimeError, OSError) as e:
                 raise DataError("not a readable sentencepiece model (corrupt or truncated?): "
                                 f"{str(e).strip()}", str(path)) from None
-            config.setdefault("pad_id", backend.pad_id())
-            config.setdefault("bos_id", backend.bos_id())
-            config.setdefault("eos_id", backend.eos_id())
-            config.setdefault("unk_id", backend.unk_id())
-            return cls(backend, "sentencepiece", _with_roles(config, backend.piece_to_id), path)
+            if trained_here:
+                return cls._ours(backend, path, ours)
+
+            def spm_id(piece: str) -> int:
+                i = backend.piece_to_id(piece)
+                return i if backend.id_to_piece(i) == piece else -1
+            hf = read_special_tokens(directory, spm_id, backend.get_piece_size(), None)
+            return cls(backend, "sentencepiece", _hf_config(hf, ours), path, hf)
         if (directory / HF_FILE).exists():
-            return cls._load_hf(directory / HF_FILE, config)
+            return cls._load_hf(directory / HF_FILE, ours)
         raise DataError(f"expected {SPM_FILE} or {HF_FILE} in the directory", str(directory))
 
     @classmethod
-    def _load_hf(cls, path: pathlib.Path, config: dict) -> Tokenizer:
+    def _ours(cls, backend, path: pathlib.Path, config: dict) -> Tokenizer:
+        """A sentencepiece tokenizer trained here, its ids filled from the model itself."""
+        config = dict(config)
+        config.setdefault("pad_id", backend.pad_id())
+        config.setdefault("bos_id", backend.bos_id())
+        config.setdefault("eos_id", backend.eos_id())
+        config.setdefault("unk_id", backend.unk_id())
+        return cls(backend, "sentencepiece", _with_roles(config, backend.piece_to_id), path)
+
+    @classmethod
+    def _load_hf(cls, path: pathlib.Path, ours: dict | None) -> Tokenizer:
         try:
             import tokenizers
         except ImportError as e:  # pragma: no cover - depends on the install
@@ -92,35 +137,52 @@ class Tokenizer:
             i = backend.token_to_id(piece)
             return -1 if i is None else i
 
-        for key, names in (("bos_id", ("<s>", "<|begin_of_text|>", "<bos>")),
-                           ("eos_id", ("</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>")),
-                           ("pad_id", ("<pad>", "<|pad|>")), ("unk_id", ("<unk>",))):
-            if key not in config:
-                config[key] = next((piece_id(n) for n in names if piece_id(n) >= 0), -1)
-        if config["pad_id"] < 0:
-            config["pad_id"] = max(config["eos_id"], 0)
-        return cls(backend, "tokenizers", _with_roles(config, piece_id), path)
+        def probe() -> list[int]:
+            return list(backend.encode("a", add_special_tokens=True).ids)
+
+        hf = read_special_tokens(path.parent, piece_id,
+                                 backend.get_vocab_size(with_added_tokens=True), probe)
+        return cls(backend, "tokenizers", _hf_config(hf, ours), path, hf)
 
     @staticmethod
     def files(path: str | pathlib.Path) -> list[pathlib.Path]:
-        """The files `load(path)` reads (config and model), e.g. to hash them."""
+        """The files `load(path)` reads (metadata, model, HF files), e.g. to hash them."""
         directory = pathlib.Path(path)
         if directory.is_file():
             directory = directory.parent
-        return [directory / n for n in (CONFIG_FILE, SPM_FILE, HF_FILE)
-                if (directory / n).is_file()]
+        return [directory / n for n in (OUR_FILE, *HF_FILES) if (directory / n).is_file()]
+
+    @staticmethod
+    def exists(directory: str | pathlib.Path) -> bool:
+        """Whether `directory` holds a saved tokenizer."""
+        directory = pathlib.Path(directory)
+        return (directory / SPM_FILE).is_file() or (directory / HF_FILE).is_file()
 
     def save(self, directory: str | pathlib.Path) -> pathlib.Path:
-        """Copy the model file and write tokenizer_config.json into `directory`."""
+        """Write the tokenizer into `directory`: a Hugging Face tokenizer's files byte for
+        byte, plus llm_tokenizer.json (this project's metadata, or a template override)."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        target = directory / self._model_path.name
-        if target.resolve() != self._model_path.resolve():
-            shutil.copyfile(self._model_path, target)
-        config = dict(self._config, kind=self._kind, model_file=self._model_path.name,
-                      vocab_size=self.vocab_size)
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        source = self._model_path.parent
+        names = [n for n in HF_FILES if (source / n).is_file()] if self._hf else [SPM_FILE]
+        for name in names:
+            target = directory / name
+            if target.resolve() != (source / name).resolve():
+                shutil.copyfile(source / name, target)
+        if self._hf is None:
+            config = dict(self._config, kind=self._kind, model_file=self._model_path.name,
+                          vocab_size=self.vocab_size)
+        else:
+            config = {k: v for k, v in self._config.items() if k in _OVERRIDE_KEYS}
+            config.update(kind=self._kind, model_file=self._model_path.name)
+        (directory / OUR_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
         return directory
+
+    def with_chat_template(self, template: str, source: str) -> Tokenizer:
+        """This tokenizer with `template` (Jinja, from the file `source`) as its chat template."""
+        config = dict(self._config, chat_template_override=template,
+                      chat_template_source=source)
+        return Tokenizer(self._backend, self._kind, config, self._model_path, self._hf)
 
     # ----- special ids ---------------------------------------------------------------------
     @property
@@ -132,18 +194,62 @@ class Tokenizer:
 
     @property
     def bos_id(self) -> int:
-        """Beginning-of-sequence id."""
+        """Beginning-of-sequence id; -1 when the model has none (never emitted then)."""
         return int(self._config["bos_id"])
 
     @property
     def eos_id(self) -> int:
-        """End-of-sequence id."""
+        """End-of-sequence id; -1 only for a Hugging Face tokenizer that names none."""
         return int(self._config["eos_id"])
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
-        """Every id that ends generation (EOS; `min_new_tokens` suppresses all of them)."""
+        """Every id that ends generation (EOS, and a Hugging Face model's
+        `generation_config.json` list); `min_new_tokens` suppresses all of them."""
+        if self._hf is not None:
+            return self._hf.eos_ids
         return (self.eos_id,)
+
+    @property
+    def add_bos_token(self) -> bool:
+        """Whether encoding a document adds BOS (transformers' `add_bos_token`): always for
+        tokenizers trained here; a Hugging Face tokenizer's own post-processor decides."""
+        return self._hf.add_bos if self._hf is not None else True
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """`bos_token`, `eos_token`, `pad_token`, `unk_token` as text (what chat templates
+        see), where the model has them."""
+        if self._hf is not None:
+            return dict(self._hf.tokens)
+        ids = {"bos_token": self.bos_id, "eos_token": self.eos_id, "pad_token": self.pad_id,
+               "unk_token": int(self._config["unk_id"])}
+        return {k: self.id_to_piece(i) for k, i in ids.items() if i >= 0}
+
+    @property
+    def is_hf(self) -> bool:
+        """Whether this is a Hugging Face tokenizer directory (not one trained here)."""
+        return self._hf is not None
+
+    @property
+    def directory(self) -> pathlib.Path:
+        """The directory the tokenizer was loaded from."""
+        return self._model_path.parent
+
+    def require(self, need: str, stage: str) -> None:
+        """DataError naming the tokenizer's files when it lacks what `stage` needs
+        ('eos': an end-of-sequence token; 'chat': a chat template)."""
+        where = str(self.directory)
+        if need == "eos" and self.eos_id < 0:
+            raise DataError(f"{stage} needs an end-of-sequence token, and this tokenizer has "
+                            "none (no eos_token in tokenizer_config.json / "
+                            "special_tokens_map.json, no eos_token_id in "
+                            "generation_config.json)", where)
+        if need == "chat" and self.chat_template is None and not self.role_ids:
+            raise DataError(f"{stage} renders chat rows, and this tokenizer has no chat "
+                            "template (no chat_template.jinja, no chat_template in "
+                            "tokenizer_config.json): set --config.data.chat_template=FILE "
+                            "to a Jinja template", where)
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
@@ -163,9 +269,24 @@ class Tokenizer:
         return dict(self._config["role_ids"])
 
     @property
-    def chat_template(self) -> dict:
-        """The chat template description stored with the tokenizer."""
-        return dict(self._config["chat_template"])
+    def chat_template(self) -> str | None:
+        """The Jinja chat template (set with --config.data.chat_template, else the model's
+        own); None for a tokenizer trained here, whose chats use the role-token layout."""
+        if self._config.get("chat_template_override"):
+            return self._config["chat_template_override"]
+        return self._hf.chat_template if self._hf is not None else None
+
+    @property
+    def chat_template_source(self) -> str:
+        """The file the chat template came from (for error messages)."""
+        if self._config.get("chat_template_source"):
+            return self._config["chat_template_source"]
+        return self._hf.chat_template_source if self._hf is not None else str(self.directory)
+
+    @property
+    def role_separator(self) -> str:
+        """The text between turns in the role-token layout (tokenizers trained here)."""
+        return dict(self._config.get("chat_template") or DEFAULT_CHAT_TEMPLATE)["separator"]
 
     @property
     def kind(self) -> str:
@@ -174,16 +295,26 @@ class Tokenizer:
 
     # ----- encode / decode -----------------------------------------------------------------
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Token ids of `text`, optionally framed by BOS/EOS."""
+        """Token ids of `text`, optionally framed by BOS/EOS.
+
+        BOS is added only where the model has one and adds it (`add_bos_token`), and never
+        twice; EOS only where the model has one.
+        """
         if self._kind == "sentencepiece":
             ids = list(self._backend.encode(text))
         else:
             ids = list(self._backend.encode(text, add_special_tokens=False).ids)
-        if add_bos:
+        if add_bos and self.add_bos_token and self.bos_id >= 0 and ids[:1] != [self.bos_id]:
             ids.insert(0, self.bos_id)
-        if add_eos:
+        if add_eos and self.eos_id >= 0:
             ids.append(self.eos_id)
         return ids
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """[start, end) character span of each token of `encode(text)` (tokenizers only)."""
+        if self._kind != "tokenizers":
+            raise NotImplementedError("token offsets need a tokenizer.json tokenizer")
+        return [tuple(o) for o in self._backend.encode(text, add_special_tokens=False).offsets]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (no BOS/EOS)."""
@@ -223,6 +354,16 @@ class Tokenizer:
                 return bytes([int(sp.id_to_piece(token_id)[3:5], 16)])
             return sp.id_to_piece(token_id).replace("\u2581", " ").encode("utf-8")
         return self._backend.decode([token_id], skip_special_tokens=False).encode("utf-8")
+
+
+_OVERRIDE_KEYS = ("chat_template_override", "chat_template_source")
+
+
+def _hf_config(hf, ours: dict | None) -> dict:
+    """The config of a Hugging Face tokenizer: its special ids, no role tokens, and the chat
+    template override from llm_tokenizer.json, if any."""
+    overrides = {k: v for k, v in (ours or {}).items() if k in _OVERRIDE_KEYS}
+    return {**hf.ids, "role_ids": {}, **overrides}
 
 
 def _with_roles(config: dict, piece_id) -> dict:
@@ -305,7 +446,8 @@ def train_tokenizer(
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SPM_FILE).write_bytes(model.getvalue())
-    tok = Tokenizer.load(out_dir)
+    backend = spm.SentencePieceProcessor(model_file=str(out_dir / SPM_FILE))
+    tok = Tokenizer._ours(backend, out_dir / SPM_FILE, {})
     tok.save(out_dir)
     return tok
 

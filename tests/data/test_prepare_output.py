@@ -75,9 +75,9 @@ def test_edited_tokenizer_path_is_not_reported_prepared(raw, tmp_path):
     tok = tmp_path / "tok"
     shutil.copytree(prepare(_config(raw, tmp_path / "first")) / "tokenizer", tok)
     out = prepare(_config(raw, tmp_path / "out", **{"tokenizer.path": str(tok)}))
-    config = json.loads((tok / "tokenizer_config.json").read_text())
+    config = json.loads((tok / "llm_tokenizer.json").read_text())
     config["chat_template"] = {"format": "role_tokens", "separator": "\n\n"}
-    (tok / "tokenizer_config.json").write_text(json.dumps(config))
+    (tok / "llm_tokenizer.json").write_text(json.dumps(config))
     with pytest.raises(DataError, match="overwrite"):
         prepare(_config(raw, out, **{"tokenizer.path": str(tok)}))
 

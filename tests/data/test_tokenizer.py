@@ -39,11 +39,21 @@ def test_special_and_role_ids(tok):
 
 def test_save_load_same_encoding(tok, tmp_path):
     tok.save(tmp_path / "copy")
-    config = json.loads((tmp_path / "copy" / "tokenizer_config.json").read_text())
+    # this project's metadata lives in a file of its own, never in HF's tokenizer_config.json
+    assert not (tmp_path / "copy" / "tokenizer_config.json").exists()
+    config = json.loads((tmp_path / "copy" / "llm_tokenizer.json").read_text())
     assert config["pad_id"] == 0 and config["role_ids"]["assistant"] == tok.role_ids["assistant"]
     again = Tokenizer.load(tmp_path / "copy")
     for s in SAMPLES:
         assert again.encode(s) == tok.encode(s)
+
+
+def test_directory_written_before_llm_tokenizer_json_still_loads(tok, tmp_path):
+    tok.save(tmp_path / "old")
+    (tmp_path / "old" / "llm_tokenizer.json").rename(tmp_path / "old" / "tokenizer_config.json")
+    again = Tokenizer.load(tmp_path / "old")
+    assert (again.bos_id, again.eos_id, again.role_ids) == (tok.bos_id, tok.eos_id, tok.role_ids)
+    assert not again.is_hf and again.chat_template is None
 
 
 def test_missing_directory_is_clear(tmp_path):
@@ -76,11 +86,22 @@ def test_tokenizers_json_backend(tmp_path):
         initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
     hf.train_from_iterator(["hello world, hello there"] * 20, trainer)
     hf.save(str(tmp_path / "tokenizer.json"))
+    bare = Tokenizer.load(tmp_path)
+    # as transformers reads it: a bare tokenizer.json names no special tokens
+    assert bare.kind == "tokenizers" and (bare.bos_id, bare.eos_id, bare.eos_ids) == (-1, -1, ())
+    assert bare.encode("hello", add_bos=True, add_eos=True) == bare.encode("hello")
+    with pytest.raises(DataError, match="SFT needs an end-of-sequence token"):
+        bare.require("eos", "SFT")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": {"content": "</s>", "special": True},
+         "pad_token": "<pad>"}))
     tok = Tokenizer.load(tmp_path)
-    assert tok.kind == "tokenizers"
     assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 2, 3)
+    assert not tok.add_bos_token  # its post-processor adds none
     assert tok.decode(tok.encode("hello world")) == "hello world"
     tok.save(tmp_path / "copy")
+    assert (tmp_path / "copy" / "tokenizer_config.json").read_bytes() == (
+        tmp_path / "tokenizer_config.json").read_bytes()
     assert Tokenizer.load(tmp_path / "copy").encode("hello") == tok.encode("hello")
 
 

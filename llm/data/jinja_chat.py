@@ -1,0 +1,117 @@
+"""A model's own Jinja chat template, rendered with Hugging Face's semantics, sandboxed.
+
+A chat template comes from a download, so it runs in jinja2's `ImmutableSandboxedEnvironment`
+(no attribute access to Python internals, no mutation of the arguments). It sees what
+transformers' `apply_chat_template` passes: `messages`, `add_generation_prompt`, the special
+tokens as text (`bos_token`, `eos_token`, ...), `raise_exception`, `strftime_now`, a `tojson`
+filter that keeps non-ASCII text, and any extra row fields (a `tools` list, `documents`).
+The rendered text is tokenised without adding special tokens, as transformers does.
+
+`{% generation %}...{% endgeneration %}` blocks mark the assistant's tokens where a template
+has them (transformers' `return_assistant_tokens_mask`): they render their body and, when a
+mask is asked for, record where it lies in the text.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import re
+
+import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from llm.data import DataError
+
+# Private-use characters that bracket a generation block's output while spans are tracked.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+
+
+class TemplateError(DataError):
+    """A chat template that does not parse, raises, or refuses a conversation."""
+
+
+class _Generation(Extension):
+    """`{% generation %}` ... `{% endgeneration %}`: the body, bracketed when tracking."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        call = self.call_method("_render", [nodes.Name("_llm_track", "load")])
+        return nodes.CallBlock(call, [], [], body).set_lineno(lineno)
+
+    def _render(self, track, caller):
+        text = caller()
+        return f"{_OPEN}{text}{_CLOSE}" if track else text
+
+
+def _raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _strftime_now(format_string):
+    return datetime.datetime.now().strftime(format_string)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=16)
+def compile_template(source: str, where: str) -> jinja2.Template:
+    """The compiled template, or TemplateError naming the file and line it fails to parse."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_Generation, loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise TemplateError(f"chat template does not parse: {e.message}", where,
+                            e.lineno) from None
+
+
+def has_generation_blocks(source: str) -> bool:
+    """Whether the template marks the assistant's text with `{% generation %}` blocks."""
+    return re.search(r"\{%-?\s*generation\s*-?%\}", source) is not None
+
+
+def render(source: str, where: str, messages: list[dict], add_generation_prompt: bool,
+           special_tokens: dict[str, str], row: str, track: bool = False,
+           **row_fields) -> tuple[str, list[tuple[int, int]]]:
+    """(text, spans): the rendered conversation and, when `track`, the [start, end) character
+    spans of its generation blocks. Errors name the row and the template's file."""
+    template = compile_template(source, where)
+    kwargs = {**special_tokens, **row_fields}
+    try:
+        text = template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                               _llm_track=track, **kwargs)
+    except jinja2.exceptions.TemplateError as e:
+        raise TemplateError(f"{row}: the chat template refused the conversation: {e}",
+                            where) from None
+    except Exception as e:  # a template's own bug (e.g. a missing key) — still one line
+        raise TemplateError(f"{row}: the chat template failed ({type(e).__name__}: {e})",
+                            where) from None
+    if not track:
+        return text, []
+    if any(_OPEN in str(m.get("content", "")) or _CLOSE in str(m.get("content", ""))
+           for m in messages):
+        raise TemplateError(f"{row}: a message holds the private-use characters U+E000/U+E001 "
+                            "that mark generation blocks", where)
+    spans, pieces, length, start = [], [], 0, 0
+    for part in re.split(f"([{_OPEN}{_CLOSE}])", text):
+        if part == _OPEN:
+            start = length
+        elif part == _CLOSE:
+            spans.append((start, length))
+        else:
+            pieces.append(part)
+            length += len(part)
+    return "".join(pieces), spans
