@@ -36,17 +36,10 @@ import dataclasses
 import json
 import pathlib
 import struct
+from typing import TYPE_CHECKING
 
-from tokenizers import (
-    AddedToken,
-    Regex,
-    Tokenizer,
-    decoders,
-    models,
-    normalizers,
-    pre_tokenizers,
-    processors,
-)
+if TYPE_CHECKING:
+    import tokenizers
 
 # llm/data/chat.py render_messages as text; the role tokens are added tokens of the export, so
 # HF's apply_chat_template (render, then encode without special tokens) gives the same ids.
@@ -159,25 +152,38 @@ def _check_supported(model: _Model, path: pathlib.Path) -> None:
                          + ", ".join(wrong))
 
 
-def _bpe(model: _Model, unk: str, byte_fallback: bool) -> models.BPE:
-    """BPE whose merges rank pairs by the merged piece's score, as sentencepiece merges."""
+def _bpe_merges(model: _Model) -> list[tuple[str, str]]:
+    """Every split of a normal piece into two normal pieces, best-scoring piece first:
+    sentencepiece merges whichever adjacent pair makes the best-scoring piece."""
     normal = {piece for piece, _, kind in model.pieces if kind == _NORMAL}
     ranked = []
     for i, (piece, score, kind) in enumerate(model.pieces):
         if kind == _NORMAL:
             ranked += [(-score, i, piece[:k], piece[k:]) for k in range(1, len(piece))
                        if piece[:k] in normal and piece[k:] in normal]
-    vocab = {piece: i for i, (piece, _, _) in enumerate(model.pieces)}
-    return models.BPE(vocab, [(left, right) for *_, left, right in sorted(ranked)],
-                      unk_token=unk, fuse_unk=True, byte_fallback=byte_fallback)
+    return [(left, right) for *_, left, right in sorted(ranked)]
 
 
-def _backend(model: _Model, bos: str | None, bos_id: int) -> Tokenizer:
+def _backend(model: _Model, bos: str | None, bos_id: int) -> tokenizers.Tokenizer:
     """The `tokenizers` pipeline that encodes and decodes like the sentencepiece model."""
+    # Imported here: tokenizers is optional (the `hf` extra), and convert.py imports us.
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+
     unk_id = next(i for i, (_, _, kind) in enumerate(model.pieces) if kind == _UNKNOWN)
     byte_fallback = any(kind == _BYTE for _, _, kind in model.pieces)
     if model.model_type == _BPE:
-        tok = Tokenizer(_bpe(model, model.pieces[unk_id][0], byte_fallback))
+        vocab = {piece: i for i, (piece, _, _) in enumerate(model.pieces)}
+        tok = Tokenizer(models.BPE(vocab, _bpe_merges(model), unk_token=model.pieces[unk_id][0],
+                                   fuse_unk=True, byte_fallback=byte_fallback))
     else:
         tok = Tokenizer(models.Unigram([(piece, score) for piece, score, _ in model.pieces],
                                        unk_id=unk_id, byte_fallback=byte_fallback))
