@@ -5,7 +5,8 @@ pieces, scores and types, that encodes like `SentencePieceProcessor.encode` for 
 identity normalisation, no dummy prefix and no extra-whitespace removal (ours):
 
 - normalizer: ' ' -> '▁' only (sentencepiece's whitespace escaping);
-- no pre-tokenizer: sentencepiece segments the whole text, not word by word;
+- no pre-tokenizer: sentencepiece segments the whole text, not word by word (unigram has
+  one cut, where the text spells a byte piece's name; see `_backend`);
 - model: BPE whose merges rank by the merged piece's score (sentencepiece merges the
   best-scoring piece first; byte and control pieces are never merged), or Unigram with the
   model's scores; byte fallback where the model has byte pieces;
@@ -25,7 +26,7 @@ Where it is not exact:
 - unigram only: two segmentations of equal score (the same pieces in another order, e.g. a
   run of spaces as '▁▁▁▁'+'▁' or '▁'+'▁▁▁▁') are told apart by sentencepiece's float32
   rounding of the path scores; `tokenizers` adds in float64, so it can pick the other order
-  (same length and pieces; about 0.2% of lines of Python source at vocab 600-2000);
+  (same length and pieces; 0.2-0.4% of lines of Python source at vocab 600-2000);
 - decoding bytes that are not valid UTF-8 (a cut-off character): both give U+FFFD, but
   `tokenizers` replaces the whole run of byte pieces, sentencepiece only the bad bytes.
 """
@@ -227,6 +228,7 @@ def write_hf_tokenizer(spm_model: pathlib.Path, out_dir: pathlib.Path, *, bos_id
                                       if kind == _USER_DEFINED],
         "add_bos_token": tokens["bos_token"] is not None, "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
+        "chat_template": chat_template,  # older transformers read it only from here
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     _backend(model, tokens["bos_token"], bos_id).save(str(out_dir / "tokenizer.json"))
