@@ -180,6 +180,8 @@ def test_files_and_config(exported, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"]
     assert (out / "chat_template.jinja").read_text() == ROLE_TOKENS_TEMPLATE
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == ROLE_TOKENS_TEMPLATE  # for transformers before .jinja
     hf.save_pretrained(tmp_path)  # transformers writes it back and reads it the same
     again = transformers.AutoTokenizer.from_pretrained(tmp_path)
     for text in ("  a\tb <|user|> 🙂", "x = 1\n"):
