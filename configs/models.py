@@ -39,8 +39,15 @@ SIZES: dict[str, dict] = {
 }
 
 
+# `model=init_from`: the architecture of `init_from` (hf:DIR or a workdir), read when the run
+# starts; the section's other keys (dtype, remat, attention, ...) stay the run's.
+INIT_FROM = "init_from"
+
+
 def model_config(size: str) -> ml_collections.ConfigDict:
     """The full `model` section for a size name (every ModelConfig field present)."""
+    if size == INIT_FROM:
+        return ml_collections.ConfigDict(dict(model_config("tiny"), size=INIT_FROM))
     if size not in SIZES:
         close = difflib.get_close_matches(size, SIZES, n=3, cutoff=0.4)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

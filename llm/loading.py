@@ -272,11 +272,9 @@ def save_params(workdir: str | os.PathLike, model_cfg: Any, params: Any,
     checkpointer.close()
     (workdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     if tokenizer_dir is not None and pathlib.Path(tokenizer_dir).is_dir():
-        from llm.hf import convert as hf
+        from llm.data.tokenizer import Tokenizer
 
         (workdir / "tokenizer").mkdir(exist_ok=True)
-        for name in hf.TOKENIZER_FILES:
-            source = pathlib.Path(tokenizer_dir) / name
-            if source.is_file():
-                shutil.copyfile(source, workdir / "tokenizer" / name)
+        for source in Tokenizer.files(tokenizer_dir):  # byte for byte
+            shutil.copyfile(source, workdir / "tokenizer" / source.name)
     return workdir

@@ -211,3 +211,57 @@ def test_unsupported_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="normalization 'nmt_nfkc'.*add_dummy_prefix=True"):
         write_hf_tokenizer(tmp_path / "m.model", tmp_path / "hf", bos_id=1, eos_id=2,
                            pad_id=-1, unk_id=0, chat_template=ROLE_TOKENS_TEMPLATE)
+
+
+def test_export_hf_of_a_model_trained_here_chats_with_the_trained_ids(exported, tmp_path):
+    from flax import nnx
+
+    from llm.hf import convert as hf_convert
+    from llm.model import ModelConfig, Transformer
+
+    kind, tok, sp, _ = exported
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2,
+                      n_kv_heads=1, head_dim=16, d_ff=48, max_seq_len=64)
+    _, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    hf_convert.export_hf(cfg, params, str(tmp_path / "export"), dtype="float32",
+                         tokenizer_dir=str(tok.directory))
+    # no file of this project's leaks into the export; transformers reads its own
+    assert not (tmp_path / "export" / "llm_tokenizer.json").exists()
+    loaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
+    assert (loaded.bos_token_id, loaded.eos_token_id) == (tok.bos_id, tok.eos_id)
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (tok.bos_id, tok.eos_id)
+    for messages in CONVERSATIONS:
+        want, _ = render_messages(tok, messages)
+        got = loaded.apply_chat_template(messages, tokenize=True, return_dict=False)
+        assert _same_ids(kind, sp, want, got, messages)
+
+
+def test_export_hf_carries_a_chat_template_override(tmp_path):
+    from flax import nnx
+
+    from llm.data.prepare import with_template
+    from llm.data.tokenizer import Tokenizer
+    from llm.hf import convert as hf_convert
+    from llm.model import ModelConfig, Transformer
+
+    import eval_helpers
+
+    source = eval_helpers.tokenizer_dir(tmp_path / "hf_tok")
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{{ eos_token }}"
+                        "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}")
+    with_template(Tokenizer.load(source), str(template)).save(tmp_path / "tok")
+    tok = Tokenizer.load(tmp_path / "tok")
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # HF files stay byte for byte
+        assert (tmp_path / "tok" / name).read_bytes() == (source / name).read_bytes()
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2,
+                      n_kv_heads=1, head_dim=16, d_ff=48, max_seq_len=64)
+    _, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    hf_convert.export_hf(cfg, params, str(tmp_path / "export"), dtype="float32",
+                         tokenizer_dir=str(tmp_path / "tok"))
+    loaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}]
+    want, mask = render_messages(tok, messages)
+    assert loaded.apply_chat_template(messages, tokenize=True, return_dict=False) == want
+    assert loaded.decode([i for i, m in zip(want, mask, strict=True) if m]) == "world</s>"

@@ -70,6 +70,19 @@ def _our_config(directory: pathlib.Path) -> dict | None:
     return None
 
 
+def trained_here(directory: str | pathlib.Path) -> dict | None:
+    """The metadata of a tokenizer directory trained here (its special and role ids), or
+    None for a Hugging Face one."""
+    config = _our_config(pathlib.Path(directory))
+    return config if config is not None and "role_ids" in config else None
+
+
+def template_override(directory: str | pathlib.Path) -> str | None:
+    """The chat template set with data.chat_template for this directory, if any."""
+    config = _our_config(pathlib.Path(directory)) or {}
+    return config.get("chat_template_override")
+
+
 class Tokenizer:
     """Encode/decode text, expose special ids and chat role tokens; load/save a directory."""
 

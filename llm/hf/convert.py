@@ -50,11 +50,8 @@ from llm.hf.config import (
 )
 from llm.model import DTYPES, ModelConfig, Transformer
 
-__all__ = ["HFError", "import_hf", "export_hf", "check_new_dir", "TOKENIZER_FILES"]
+__all__ = ["HFError", "import_hf", "hf_model_config", "export_hf", "check_new_dir"]
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
-                   "chat_template.jinja", "chat_template.json", "generation_config.json")
 SAFETENSORS_DTYPES = {"float32": ("F32", np.float32), "bfloat16": ("BF16", ml_dtypes.bfloat16),
                       "float16": ("F16", np.float16)}
 # Buffers some checkpoints carry that the model recomputes.
@@ -298,6 +295,24 @@ def _place(shape: tuple[int, ...], dtype: Any, sharding: jax.sharding.Sharding,
     return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
 
+def _read_config(hf_dir: str, dtype: str, scan_layers: bool
+                 ) -> tuple[ModelConfig, dict[str, Any], _Checkpoint]:
+    """(ModelConfig, config.json's values, where the tensors lie) of a HF directory."""
+    values = load_config_json(hf_dir)
+    ckpt = _Checkpoint(hf_dir)
+    has_head = "lm_head.weight" in ckpt.tensors
+    tied = values.get("tie_word_embeddings")
+    tied = (not has_head) if tied is None or is_classifier(values) else bool(tied)
+    cfg = model_config_from_hf(values, os.path.join(hf_dir, "config.json"), tied, dtype,
+                               scan_layers)
+    return cfg, values, ckpt
+
+
+def hf_model_config(hf_dir: str) -> ModelConfig:
+    """The ModelConfig a HF directory imports as (config.json and tensor names; no weights)."""
+    return _read_config(hf_dir, "float32", True)[0]
+
+
 def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | None = None,
               scan_layers: bool = True, rules: Mapping[str, Any] | None = None,
               build: Callable[[Transformer], nnx.Module] | None = None
@@ -311,17 +326,12 @@ def import_hf(hf_dir: str, mesh: jax.sharding.Mesh | None = None, dtype: str | N
     """
     if dtype is not None and dtype not in DTYPES:
         raise HFError(f"import: dtype={dtype!r}; expected one of {sorted(DTYPES)}")
-    values = load_config_json(hf_dir)
+    cfg, values, ckpt = _read_config(hf_dir, dtype or "float32", scan_layers)
     config_path = os.path.join(hf_dir, "config.json")
-    arch = architecture(values, config_path)
-    ckpt = _Checkpoint(hf_dir)
     prefix = ""
-    if arch in GPT2_ARCHITECTURES and any(n.startswith("transformer.") for n in ckpt.tensors):
+    if architecture(values, config_path) in GPT2_ARCHITECTURES and any(
+            n.startswith("transformer.") for n in ckpt.tensors):
         prefix = "transformer."
-    has_head = "lm_head.weight" in ckpt.tensors
-    tied = values.get("tie_word_embeddings")
-    tied = (not has_head) if tied is None or is_classifier(values) else bool(tied)
-    cfg = model_config_from_hf(values, config_path, tied, dtype or "float32", scan_layers)
     if is_classifier(values) and build is None:
         raise HFError(f"{config_path}: architectures={values['architectures']} is a reward "
                       "model (a score head, no LM head); load it as one (llm.scoring, "
@@ -495,13 +505,34 @@ def _token_ids(tokenizer_dir: str | None) -> dict[str, Any]:
 
 
 def _our_token_ids(tokenizer_dir: str | None) -> dict[str, Any]:
-    """bos/eos/pad ids from our own tokenizer_config.json (a workdir's tokenizer/)."""
-    path = os.path.join(tokenizer_dir or "", "tokenizer_config.json")
-    if not tokenizer_dir or not os.path.isfile(path):
-        return {}
-    values = read_json(path)
+    """bos/eos/pad ids of a tokenizer trained here (its llm_tokenizer.json)."""
+    from llm.data.tokenizer import trained_here
+
+    values = trained_here(tokenizer_dir) if tokenizer_dir else None
     return {f"{k}_token_id": values[f"{k}_id"] for k in ("bos", "eos", "pad")
-            if isinstance(values, dict) and isinstance(values.get(f"{k}_id"), int)}
+            if values and isinstance(values.get(f"{k}_id"), int) and values[f"{k}_id"] >= 0}
+
+
+def _write_tokenizer(tokenizer_dir: str, out_dir: str) -> None:
+    """A Hugging Face tokenizer's files byte for byte (a data.chat_template override as
+    chat_template.jinja, which transformers prefers); a tokenizer trained here as files
+    transformers reads, its role-token layout as a Jinja template (same ids both ways)."""
+    from llm.data.tokenizer import HF_FILES, SPM_FILE, template_override, trained_here
+    from llm.hf.tokenizer_export import ROLE_TOKENS_TEMPLATE, write_hf_tokenizer
+
+    ours = trained_here(tokenizer_dir)
+    override = template_override(tokenizer_dir)
+    if ours is not None:
+        write_hf_tokenizer(os.path.join(tokenizer_dir, SPM_FILE), out_dir,
+                           bos_id=ours["bos_id"], eos_id=ours["eos_id"], pad_id=ours["pad_id"],
+                           unk_id=ours["unk_id"], chat_template=override or ROLE_TOKENS_TEMPLATE)
+        return
+    for name in HF_FILES:
+        if os.path.isfile(os.path.join(tokenizer_dir, name)):
+            shutil.copyfile(os.path.join(tokenizer_dir, name), os.path.join(out_dir, name))
+    if override:
+        with open(os.path.join(out_dir, "chat_template.jinja"), "w", encoding="utf-8") as f:
+            f.write(override)
 
 
 def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str, dtype: str = "bfloat16",
@@ -515,11 +546,10 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str, dtype: str = "b
         raise HFError(f"export: dtype={dtype!r}; expected one of {sorted(SAFETENSORS_DTYPES)}")
     check_new_dir(out_dir)
     flat = _flat_params(params)
-    token_ids = _token_ids(tokenizer_dir)
+    token_ids = {**_our_token_ids(tokenizer_dir), **_token_ids(tokenizer_dir)}
     classifier = ("score_head", "kernel") in flat
     if classifier:  # a reward model: the score head replaces the LM head
         flat.pop(("lm_head", "kernel"), None)
-        token_ids = {**_our_token_ids(tokenizer_dir), **token_ids}
     config = hf_config_json(model_cfg, dtype, token_ids, classifier)
     plan = _export_plan(model_cfg, flat, SAFETENSORS_DTYPES[dtype][1])
     if jax.process_index() != 0:  # every process joins the gathers, one writes
@@ -568,9 +598,7 @@ def _write_export(out_dir: str, plan: list, config: dict[str, Any], dtype: str,
         _write_json(os.path.join(out_dir, "model.safetensors.index.json"),
                     {"metadata": {"total_size": total}, "weight_map": weight_map})
     if tokenizer_dir:
-        for name in TOKENIZER_FILES:
-            if os.path.isfile(os.path.join(tokenizer_dir, name)):
-                shutil.copyfile(os.path.join(tokenizer_dir, name), os.path.join(out_dir, name))
+        _write_tokenizer(tokenizer_dir, out_dir)
     if not os.path.isfile(os.path.join(out_dir, "generation_config.json")):
         _write_json(os.path.join(out_dir, "generation_config.json"),
                     {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")

@@ -81,6 +81,31 @@ def check_loop_settings(config: ml_collections.ConfigDict, mesh) -> None:
             "processes")
 
 
+# What `model=init_from` keeps from the run's config; every other field is the base's.
+RUN_MODEL_KEYS = ("embed_dropout", "attn_dropout", "resid_dropout", "scan_layers", "remat",
+                  "dtype", "param_dtype", "attention", "init_std", "prefix_len")
+
+
+def base_architecture(init_from: str) -> dict:
+    """The model fields of `init_from` (hf:DIR or a workdir) that `model=init_from` takes."""
+    import dataclasses
+
+    from llm import loading
+
+    if not init_from:
+        raise config_lib.ConfigError("model=init_from takes the architecture of init_from, "
+                                     "and init_from is empty")
+    if init_from.startswith("hf:"):
+        from llm.hf import convert as hf
+
+        base = dataclasses.asdict(hf.hf_model_config(init_from[3:]))
+    else:
+        step_dir = loading.resolve_step_dir(init_from)
+        config_file, base_config = loading.step_config(step_dir)
+        base = loading.run_model_values(base_config, str(config_file))
+    return {k: v for k, v in base.items() if k not in RUN_MODEL_KEYS and k != "size"}
+
+
 def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None
                  ) -> ModelConfig:
     """`config.model` with the data's vocabulary size and the `peft.*` overrides, validated."""
@@ -90,6 +115,8 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
         raise config_lib.ConfigError(
             f"seq_len={config.seq_len}: longer than model.max_seq_len={config.model.max_seq_len}")
     values = {k: v for k, v in config.model.items() if k != "size"}
+    if config.model.size == "init_from":
+        values.update(base_architecture(config.init_from))
     if vocab_size:
         values["vocab_size"] = vocab_size
     values.update(peft.model_config_overrides(config.peft))
