@@ -238,14 +238,13 @@ def test_export_hf_of_a_model_trained_here_chats_with_the_trained_ids(exported, 
 
 
 def test_export_hf_carries_a_chat_template_override(tmp_path):
+    import eval_helpers
     from flax import nnx
 
     from llm.data.prepare import with_template
     from llm.data.tokenizer import Tokenizer
     from llm.hf import convert as hf_convert
     from llm.model import ModelConfig, Transformer
-
-    import eval_helpers
 
     source = eval_helpers.tokenizer_dir(tmp_path / "hf_tok")
     template = tmp_path / "chat.jinja"
