@@ -27,6 +27,7 @@ setup(
         "safetensors>=0.4",
         "matplotlib>=3.8",  # the demo's curves PNG
         "pyyaml>=6",  # evaluation task files
+        "jinja2>=3.1",  # models' own chat templates, rendered in its sandbox
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6"],
@@ -38,7 +39,8 @@ setup(
                   "playwright==1.65.*"],
         # torch>=2.4,<2.14 is met by the CPU build 2.13.0 kept on the dev machines; a bare
         # `torch` would pull the multi-GB CUDA build.
-        "hf": ["torch>=2.4,<2.14", "transformers>=4.45", "tokenizers>=0.20"],
+        # gguf: transformers' GGUF reader (the real-model tests' SmolLM2 ships as a GGUF file).
+        "hf": ["torch>=2.4,<2.14", "transformers>=4.45", "tokenizers>=0.20", "gguf>=0.10"],
         # lm-evaluation-harness, for `python -m llm.eval.lm_eval` (its tasks on our models).
         "eval": ["lm-eval==0.4.*"],
         "gpu": ["jax[cuda12]>=0.10.2"],
