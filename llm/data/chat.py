@@ -23,7 +23,6 @@ learn to stop), and on the final `</s>` when the last message is the assistant's
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from collections.abc import Sequence
 
@@ -50,18 +49,20 @@ def render_messages(tok: Tokenizer, messages: Sequence[dict], add_generation_pro
         tok.require("chat", where)
         return _render_role_tokens(tok, messages, add_generation_prompt, where)
     messages = list(messages)
-    ids = _template_ids(tok, messages, add_generation_prompt, where, row_fields)
-    if jinja_chat.has_generation_blocks(tok.chat_template) and tok.kind == "tokenizers":
-        return ids, _mask_from_blocks(tok, messages, add_generation_prompt, where, row_fields)
-    mask = [0] * len(ids)
-    for n, m in enumerate(messages):
-        if m.get("role") != "assistant":
-            continue
-        start = len(_prefix_of(tok, ids, messages[:n], True, where, row_fields, n))
-        end = len(_prefix_of(tok, ids, messages[:n + 1], False, where, row_fields, n))
-        stops = [i for i in range(start, end) if ids[i] in tok.stop_ids]
-        for i in range(start, stops[-1] + 1 if stops else end):
-            mask[i] = 1
+    _check_roles(messages, where)
+    text, spans = _template_text(tok, messages, add_generation_prompt, where, row_fields,
+                                 track=jinja_chat.has_generation_blocks(tok.chat_template))
+    ids = tok.encode(text)
+    if tok.kind != "tokenizers":  # no character offsets: token-level prefixes
+        return ids, _mask_by_token_prefixes(tok, ids, messages, where, row_fields)
+    offsets = tok.offsets(text)
+    if not spans:  # no generation blocks: each assistant turn's text from growing prefixes
+        spans = [_through_end_of_turn(tok, ids, offsets,
+                                      _turn_span(tok, text, messages, n, where, row_fields))
+                 for n, m in enumerate(messages) if m.get("role") == "assistant"]
+    # a token is the assistant's when it overlaps a span (transformers' assistant_masks)
+    mask = [int(any(a < end and b > start for start, end in spans) and b > a)
+            for a, b in offsets]
     return ids, mask
 
 
@@ -95,13 +96,13 @@ class RenderedPair:
 
 
 def render_pair(tok: Tokenizer, prompt: str | Sequence[dict], reply: str,
-                where: str = "pair") -> RenderedPair:
+                where: str = "pair", **row_fields) -> RenderedPair:
     """`prompt` followed by the assistant's `reply`, rendered as one whole conversation; the
     rendered prompt must be a prefix of it (else one error naming the row)."""
     messages = prompt_messages(prompt)
-    prompt_ids = render_prompt(tok, messages, where=where)
+    prompt_ids = render_prompt(tok, messages, where=where, **row_fields)
     ids, mask = render_messages(tok, messages + [{"role": "assistant", "content": reply}],
-                                where=where)
+                                where=where, **row_fields)
     if ids[:len(prompt_ids)] != prompt_ids:
         raise DataError(f"{where}: the chat template renders the prompt differently alone "
                         "than before its reply (not a prefix of the whole conversation), so "
@@ -117,33 +118,55 @@ def _template_text(tok, messages, add_generation_prompt, where, row_fields, trac
                              **row_fields)
 
 
-def _template_ids(tok, messages, add_generation_prompt, where, row_fields) -> list[int]:
+def _check_roles(messages, where) -> None:
     for n, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise DataError(f"{where}: message {n} needs a string 'role'")
+
+
+def _turn_span(tok, text, messages, n, where, row_fields) -> tuple[int, int]:
+    """[start, end) characters of assistant message n in `text`: between the conversation
+    before it (with the generation prompt) and the conversation through it."""
+    before, _ = _template_text(tok, messages[:n], True, where, row_fields)
+    through, _ = _template_text(tok, messages[:n + 1], False, where, row_fields)
+    if not (text.startswith(before) and text.startswith(through)):
+        raise DataError(f"{where}: cannot mask assistant message {n}: the chat template "
+                        "renders the conversation up to it differently from the whole "
+                        "conversation (and has no {% generation %} blocks to mark it instead)",
+                        tok.chat_template_source)
+    return len(before), len(through)
+
+
+def _through_end_of_turn(tok, ids, offsets, span) -> tuple[int, int]:
+    """`span` cut after its last end-of-turn token (the model learns to stop there, not what
+    the template writes after it)."""
+    start, end = span
+    stops = [b for (a, b), i in zip(offsets, ids, strict=True)
+             if start <= a < end and i in tok.stop_ids]
+    return start, stops[-1] if stops else end
+
+
+def _mask_by_token_prefixes(tok, ids, messages, where, row_fields) -> list[int]:
+    mask = [0] * len(ids)
+    for n, m in enumerate(messages):
+        if m.get("role") != "assistant":
+            continue
+        start = len(_prefix_ids(tok, ids, messages[:n], True, where, row_fields, n))
+        end = len(_prefix_ids(tok, ids, messages[:n + 1], False, where, row_fields, n))
+        stops = [i for i in range(start, end) if ids[i] in tok.stop_ids]
+        for i in range(start, stops[-1] + 1 if stops else end):
+            mask[i] = 1
+    return mask
+
+
+def _prefix_ids(tok, ids, messages, add_generation_prompt, where, row_fields, n) -> list[int]:
     text, _ = _template_text(tok, messages, add_generation_prompt, where, row_fields)
-    return tok.encode(text)
-
-
-def _prefix_of(tok, ids, messages, add_generation_prompt, where, row_fields, n) -> list[int]:
-    prefix = _template_ids(tok, messages, add_generation_prompt, where, row_fields)
+    prefix = tok.encode(text)
     if ids[:len(prefix)] != prefix:
         raise DataError(f"{where}: cannot mask assistant message {n}: the chat template renders "
-                        "the conversation up to it differently from the whole conversation "
-                        "(no {% generation %} blocks to mark it instead)",
+                        "the conversation up to it differently from the whole conversation",
                         tok.chat_template_source)
     return prefix
-
-
-def _mask_from_blocks(tok, messages, add_generation_prompt, where, row_fields) -> list[int]:
-    text, spans = _template_text(tok, messages, add_generation_prompt, where, row_fields, True)
-    offsets = tok.offsets(text)
-    starts = [a for a, _ in spans]
-    mask = []
-    for a, b in offsets:
-        k = bisect.bisect_right(starts, a) - 1
-        mask.append(int(k >= 0 and a < spans[k][1] and b > a))
-    return mask
 
 
 # ----- the role-token layout (tokenizers trained here) -------------------------------------

@@ -50,6 +50,49 @@ class _Generation(Extension):
         return f"{_OPEN}{text}{_CLOSE}" if track else text
 
 
+class _Namespace(jinja2.utils.Namespace):
+    """`namespace(...)` that refuses underscore names (no reach into Python internals)."""
+
+    def __init__(*args, **kwargs):
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name, value):
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name):
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(
+                f"a chat template may not set the underscore attribute {name!r}")
+
+
+def _dict(*args, **kwargs):
+    return dict(*args, **kwargs)
+
+
+# Names under which a message's reasoning arrives; templates read the first (transformers
+# fills it, and `thinking`, from whichever is set).
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def template_messages(messages: list[dict]) -> list[dict]:
+    """Messages as transformers hands them to a template: keys whose value is None dropped,
+    reasoning under every name templates read."""
+    out = []
+    for message in messages:
+        message = {k: v for k, v in message.items() if v is not None}
+        reasoning = next((message[k] for k in _REASONING_FIELDS if k in message), None)
+        if reasoning is not None:
+            message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+        out.append(message)
+    return out
+
+
 def _raise_exception(message):
     raise jinja2.exceptions.TemplateError(message)
 
@@ -71,6 +114,8 @@ def compile_template(source: str, where: str) -> jinja2.Template:
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["dict"] = _dict
+    env.globals["namespace"] = _Namespace
     try:
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as e:
@@ -89,10 +134,12 @@ def render(source: str, where: str, messages: list[dict], add_generation_prompt:
     """(text, spans): the rendered conversation and, when `track`, the [start, end) character
     spans of its generation blocks. Errors name the row and the template's file."""
     template = compile_template(source, where)
-    kwargs = {**special_tokens, **row_fields}
+    # transformers passes tools and documents always (None when absent); row fields win
+    kwargs = {**special_tokens, "tools": None, "documents": None, **row_fields}
     try:
-        text = template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                               _llm_track=track, **kwargs)
+        text = template.render(messages=template_messages(messages),
+                               add_generation_prompt=add_generation_prompt, _llm_track=track,
+                               **kwargs)
     except jinja2.exceptions.TemplateError as e:
         raise TemplateError(f"{row}: the chat template refused the conversation: {e}",
                             where) from None

@@ -242,6 +242,10 @@ def _run_stages(c: ml_collections.ConfigDict, out: pathlib.Path, files: list[pat
                                        for s in range(k)])
 
     scans = _stage(out, "scan", scan_stage)
+    kinds = {kind for scan in scans for kind in scan["kinds"]}
+    if c.tokenizer.path:  # what the rows need, before dedup and tokenising
+        check_tokenizer_for(with_template(Tokenizer.load(c.tokenizer.path), c.chat_template),
+                            kinds)
     documents = sum(s["counts"]["documents"] for s in scans)
     bad = {}
     for s in scans:
@@ -288,7 +292,6 @@ def _run_stages(c: ml_collections.ConfigDict, out: pathlib.Path, files: list[pat
                                   c.tokenizer.max_sentences, seed=c.seed)
         with_template(tok, c.chat_template).save(tok_dir)
     tok = Tokenizer.load(tok_dir)
-    check_tokenizer_for(tok, {kind for scan in scans for kind in scan["kinds"]})
     dtype = token_dtype(tok.vocab_size).name
     written = _stage(out, "tokenise", lambda: run(
         stages.tokenise_shard, [(cfg, str(out), s, dropped, str(tok_dir), dtype)
@@ -319,10 +322,11 @@ def with_template(tok: Tokenizer, template_file: str) -> Tokenizer:
 def check_tokenizer_for(tok: Tokenizer, kinds: set[str]) -> None:
     """DataError naming the tokenizer's directory when it lacks what the rows need: a chat
     template for chat, preference and prompt rows, an end-of-sequence token for SFT."""
+    rows = f"data preparation ({', '.join(sorted(kinds))} rows)"
     if kinds & {"chat", "preference", "unpaired", "prompt"}:
-        tok.require("chat", f"preparing {'/'.join(sorted(kinds))} rows")
+        tok.require("chat", rows)
     if kinds - {"prompt"}:
-        tok.require("eos", f"preparing {'/'.join(sorted(kinds))} rows")
+        tok.require("eos", rows)
 
 
 def _nonempty(items, message: str, where):

@@ -254,13 +254,13 @@ class Tokenizer:
         ('eos': an end-of-sequence token; 'chat': a chat template)."""
         where = str(self.directory)
         if need == "eos" and self.eos_id < 0:
-            raise DataError(f"{stage} needs an end-of-sequence token, and this tokenizer has "
-                            "none (no eos_token in tokenizer_config.json / "
+            raise DataError(f"{stage}: needs an end-of-sequence token, and this tokenizer "
+                            "has none (no eos_token in tokenizer_config.json / "
                             "special_tokens_map.json, no eos_token_id in "
                             "generation_config.json)", where)
         if need == "chat" and self.chat_template is None and not self.role_ids:
-            raise DataError(f"{stage} renders chat rows, and this tokenizer has no chat "
-                            "template (no chat_template.jinja, no chat_template in "
+            raise DataError(f"{stage}: chat needs a chat template, and this tokenizer has "
+                            "none (no chat_template.jinja, no chat_template in "
                             "tokenizer_config.json): set --config.data.chat_template=FILE "
                             "to a Jinja template", where)
 

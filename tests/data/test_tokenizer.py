@@ -90,7 +90,7 @@ def test_tokenizers_json_backend(tmp_path):
     # as transformers reads it: a bare tokenizer.json names no special tokens
     assert bare.kind == "tokenizers" and (bare.bos_id, bare.eos_id, bare.eos_ids) == (-1, -1, ())
     assert bare.encode("hello", add_bos=True, add_eos=True) == bare.encode("hello")
-    with pytest.raises(DataError, match="SFT needs an end-of-sequence token"):
+    with pytest.raises(DataError, match="SFT: needs an end-of-sequence token"):
         bare.require("eos", "SFT")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": {"content": "</s>", "special": True},
