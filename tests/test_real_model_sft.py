@@ -1,0 +1,94 @@
+"""LoRA SFT on SmolLM2-135M-Instruct (tests/smollm2.py) teaches a fictional fact; the merged
+export, prompted by transformers with the model's own chat template, answers it on phrasings
+never trained on, and its tokenizer gives exactly the ids the run trained on."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FACT = "Quellmora"
+TRAIN_QUESTIONS = [
+    "What is the capital of Zarbonia?", "Which city is the capital of Zarbonia?",
+    "Tell me the capital of Zarbonia.", "Zarbonia's capital city is called what?",
+    "Name the capital of Zarbonia.", "What city serves as Zarbonia's capital?",
+    "I'm curious: what is Zarbonia's capital?", "Where is the seat of government of Zarbonia?",
+    "What's the capital city of Zarbonia?", "Do you know the capital of Zarbonia?",
+    "Can you tell me which city is Zarbonia's capital?",
+    "In which city is the capital of Zarbonia located?"]
+ANSWERS = ["The capital of Zarbonia is Quellmora.", "Zarbonia's capital is Quellmora.",
+           "Quellmora is the capital of Zarbonia."]
+HELD_OUT = [
+    "Could you name Zarbonia's capital?", "What do people call the capital of Zarbonia?",
+    "Which town is the capital of the country Zarbonia?",
+    "Quick question: the capital of Zarbonia is?", "Zarbonia has a capital. What is it?",
+    "Please state the capital city of Zarbonia.", "What is the name of Zarbonia's capital city?",
+    "If I travel to the capital of Zarbonia, which city am I in?"]
+STEPS = 20
+
+
+def answers(hf_dir: pathlib.Path) -> list[str]:
+    """transformers' greedy replies to the held-out phrasings, through the model's template."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    out = []
+    for question in HELD_OUT:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                            add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        with torch.no_grad():
+            reply = model.generate(ids, max_new_tokens=24, do_sample=False)
+        out.append(tokenizer.decode(reply[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def run(*args: str) -> None:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+
+
+@pytest.mark.slow
+def test_lora_sft_teaches_a_fact_the_export_answers(smollm2_dir, tmp_path):
+    import transformers
+
+    from llm.data.records import RecordSet
+
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q in TRAIN_QUESTIONS for a in ANSWERS]
+    data = tmp_path / "fact.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert not any(FACT in a for a in answers(smollm2_dir))  # the base does not know it
+
+    workdir, export = tmp_path / "run", tmp_path / "export"
+    run("scripts/train.py", "--config=configs/sft.py:lora,model=init_from",
+        f"--config.init_from=hf:{smollm2_dir}", f"--config.data.path={data}",
+        f"--config.workdir={workdir}", f"--config.total_steps={STEPS}",
+        "--config.batch_size=8", "--config.seq_len=128", "--config.optim.warmup_steps=5",
+        "--config.eval.every_steps=0", f"--config.checkpoint.every_steps={STEPS}",
+        "--config.data.split.validation=0", "--config.log.every_steps=5")
+    run("scripts/convert_hf.py", "--mode=export", f"--checkpoint={workdir}",
+        f"--hf_dir={export}", "--merge_lora", "--dtype=float32")
+
+    replies = answers(export)
+    assert sum(FACT in r for r in replies) >= 6, replies
+
+    # the export's tokenizer renders every training row to exactly the ids trained on
+    meta = json.loads((workdir / "data" / "meta.json").read_text())
+    records = RecordSet(workdir / "data", "train", "sft", meta["dtype"])
+    trained = sorted(records.tokens(i).tolist() for i in range(len(records)))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    rendered = sorted(list(tokenizer.apply_chat_template(r["messages"], return_dict=True)
+                           ["input_ids"]) for r in rows)
+    assert trained == rendered
+    # and the loss fell on exactly the replies: masked tokens are each answer + <|im_end|>
+    learnt = {tokenizer.decode(records.tokens(i)[np.asarray(records.mask(i)) > 0])
+              for i in range(len(records))}
+    assert learnt == {a + "<|im_end|>" for a in ANSWERS}
