@@ -39,8 +39,8 @@ def sft_arithmetic(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
-    """SmolLM2-135M-Instruct as a Hugging Face directory (tests/smollm2.py), built once a run
-    and shared by the xdist workers."""
-    import smollm2
+    """SmolLM2-135M-Instruct as a Hugging Face directory (llm/demo/smollm2/model.py), built
+    once a run and shared by the xdist workers."""
+    from llm.demo.smollm2 import model
 
-    return smollm2.build(tmp_path_factory.getbasetemp().parent / "smollm2-hf")
+    return model.build(tmp_path_factory.getbasetemp().parent / "smollm2-hf")

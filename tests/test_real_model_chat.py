@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct (tests/smollm2.py), imported with `init_from=hf:DIR`: its special
+"""SmolLM2-135M-Instruct (llm/demo/smollm2/model.py), imported with `init_from=hf:DIR`: its special
 tokens and chat template as transformers uses them, so chat sampling gives transformers' replies."""
 
 import json

@@ -1,4 +1,4 @@
-"""LoRA SFT on SmolLM2-135M-Instruct (tests/smollm2.py) teaches a fictional fact; the merged
+"""LoRA SFT on SmolLM2-135M-Instruct (llm/demo/smollm2/model.py) teaches a fictional fact; the merged
 export, prompted by transformers with the model's own chat template, answers it on phrasings
 never trained on, and its tokenizer gives exactly the ids the run trained on."""
 

