@@ -1,4 +1,4 @@
-"""LoRA SFT on SmolLM2-135M-Instruct (llm/demo/smollm2/model.py) teaches a fictional fact; the merged
+"""LoRA SFT on SmolLM2-135M-Instruct (llm/demo/smollm2) teaches a fictional fact; the merged
 export, prompted by transformers with the model's own chat template, answers it on phrasings
 never trained on, and its tokenizer gives exactly the ids the run trained on."""
 
@@ -10,24 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from llm.demo.smollm2.data import FACT, FACT_ANSWERS, FACT_HELD_OUT, FACT_TRAIN
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FACT = "Quellmora"
-TRAIN_QUESTIONS = [
-    "What is the capital of Zarbonia?", "Which city is the capital of Zarbonia?",
-    "Tell me the capital of Zarbonia.", "Zarbonia's capital city is called what?",
-    "Name the capital of Zarbonia.", "What city serves as Zarbonia's capital?",
-    "I'm curious: what is Zarbonia's capital?", "Where is the seat of government of Zarbonia?",
-    "What's the capital city of Zarbonia?", "Do you know the capital of Zarbonia?",
-    "Can you tell me which city is Zarbonia's capital?",
-    "In which city is the capital of Zarbonia located?"]
-ANSWERS = ["The capital of Zarbonia is Quellmora.", "Zarbonia's capital is Quellmora.",
-           "Quellmora is the capital of Zarbonia."]
-HELD_OUT = [
-    "Could you name Zarbonia's capital?", "What do people call the capital of Zarbonia?",
-    "Which town is the capital of the country Zarbonia?",
-    "Quick question: the capital of Zarbonia is?", "Zarbonia has a capital. What is it?",
-    "Please state the capital city of Zarbonia.", "What is the name of Zarbonia's capital city?",
-    "If I travel to the capital of Zarbonia, which city am I in?"]
 STEPS = 20
 
 
@@ -39,7 +24,7 @@ def answers(hf_dir: pathlib.Path) -> list[str]:
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     out = []
-    for question in HELD_OUT:
+    for question in FACT_HELD_OUT:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": question}],
                                             add_generation_prompt=True, return_tensors="pt",
                                             return_dict=True)["input_ids"]
@@ -62,7 +47,7 @@ def test_lora_sft_teaches_a_fact_the_export_answers(smollm2_dir, tmp_path):
     from llm.data.records import RecordSet
 
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q in TRAIN_QUESTIONS for a in ANSWERS]
+            for q in FACT_TRAIN for a in FACT_ANSWERS]
     data = tmp_path / "fact.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert not any(FACT in a for a in answers(smollm2_dir))  # the base does not know it
@@ -91,4 +76,4 @@ def test_lora_sft_teaches_a_fact_the_export_answers(smollm2_dir, tmp_path):
     # and the loss fell on exactly the replies: masked tokens are each answer + <|im_end|>
     learnt = {tokenizer.decode(records.tokens(i)[np.asarray(records.mask(i)) > 0])
               for i in range(len(records))}
-    assert learnt == {a + "<|im_end|>" for a in ANSWERS}
+    assert learnt == {a + "<|im_end|>" for a in FACT_ANSWERS}
