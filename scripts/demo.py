@@ -37,6 +37,11 @@ _SFT_STEPS = flags.DEFINE_integer("sft_steps", _DEFAULT.sft_steps, "fine-tuning 
 _FILES = flags.DEFINE_integer("files", _DEFAULT.files, "standard-library files in the corpus")
 _POST_STEPS = flags.DEFINE_integer("post_steps", 0, "steps of each post-training stage "
                                    "(reward, dpo, grpo, ppo; 0: each stage's own default)")
+_MODEL = flags.DEFINE_enum("model", "tiny", ["tiny", "smollm2"], "tiny: the whole pipeline "
+                           "from pretraining on embedded data; smollm2: a real open model "
+                           "(SmolLM2-135M-Instruct) imported, then SFT, DPO, GRPO and eval "
+                           "(default workdir runs/demo-smollm2; --stages from "
+                           "import,chat,sft,dpo,grpo,eval)")
 
 
 def main(argv: list[str]) -> None:
@@ -44,17 +49,24 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     host_memory.retain_freed_memory()
-    unknown = [s for s in _STAGES.value if s not in STAGES]
+    stages, names, workdir = STAGES, _STAGES.value, _WORKDIR.value
+    if _MODEL.value == "smollm2":
+        from llm.demo import smollm2
+
+        stages = smollm2.stages()
+        names = list(stages) if _STAGES.present == 0 else names
+        workdir = workdir if _WORKDIR.present else "runs/demo-smollm2"
+    unknown = [s for s in names if s not in stages]
     if unknown:
-        raise app.UsageError(f"--stages: unknown {unknown}; known: {', '.join(STAGES)}")
-    workdir = pathlib.Path(_WORKDIR.value).absolute()
+        raise app.UsageError(f"--stages: unknown {unknown}; known: {', '.join(stages)}")
+    workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(workdir=workdir, root=ROOT, steps=_STEPS.value, sft_steps=_SFT_STEPS.value,
                   files=_FILES.value, post_steps=_POST_STEPS.value)
     summary = []
-    for name in _STAGES.value:
+    for name in names:
         try:
-            summary.append(report.run_stage(STAGES[name], ctx))
+            summary.append(report.run_stage(stages[name], ctx))
         except (ValueError, RuntimeError) as error:  # bad input: one line, no traceback
             print(f"error: stage {name}: {error}", file=sys.stderr)
             sys.exit(2)

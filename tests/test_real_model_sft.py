@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 
 from llm.demo.smollm2.data import FACT, FACT_ANSWERS, FACT_HELD_OUT, FACT_TRAIN
+from llm.demo.smollm2.sft import SETTINGS, STEPS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 20
-
-
 def answers(hf_dir: pathlib.Path) -> list[str]:
     """transformers' greedy replies to the held-out phrasings, through the model's template."""
     import torch
@@ -56,9 +54,7 @@ def test_lora_sft_teaches_a_fact_the_export_answers(smollm2_dir, tmp_path):
     run("scripts/train.py", "--config=configs/sft.py:lora,model=init_from",
         f"--config.init_from=hf:{smollm2_dir}", f"--config.data.path={data}",
         f"--config.workdir={workdir}", f"--config.total_steps={STEPS}",
-        "--config.batch_size=8", "--config.seq_len=128", "--config.optim.warmup_steps=5",
-        "--config.eval.every_steps=0", f"--config.checkpoint.every_steps={STEPS}",
-        "--config.data.split.validation=0", "--config.log.every_steps=5")
+        f"--config.checkpoint.every_steps={STEPS}", *(f"--config.{s}" for s in SETTINGS))
     run("scripts/convert_hf.py", "--mode=export", f"--checkpoint={workdir}",
         f"--hf_dir={export}", "--merge_lora", "--dtype=float32")
 

@@ -17,3 +17,10 @@ HF_DIR = "smollm2-hf"  # the import stage's Hugging Face directory, under the de
 def hf_dir(workdir: pathlib.Path) -> pathlib.Path:
     """The imported model's Hugging Face directory under a demo workdir."""
     return workdir / HF_DIR
+
+
+def stages():
+    """The real-model demo's stages in run order (imported when asked for)."""
+    from llm.demo.smollm2 import chat, evaluate, import_model, sft
+
+    return {stage.NAME: stage for stage in (import_model, chat, sft, evaluate)}
