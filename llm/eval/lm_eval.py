@@ -9,8 +9,10 @@ offline: the Hugging Face hub and datasets are set to offline mode first, and a 
 data would have to be downloaded is one error line naming it, not retries.
 
 model_args: `init_from` (a workdir, `checkpoints/<step>` or `hf:DIR`), `batch_size`,
-`max_length` (default: the model's max_seq_len), `add_bos_token` (default true, as the
-project's models are trained), `mesh` (e.g. `data:4/tensor:2`; default every device on `data`).
+`max_length` (default: the model's max_seq_len), `add_bos_token` (unset: BOS where the model's
+tokenizer adds it to text, i.e. always for the project's tokenizers and as its tokenizer files
+say for an imported one; true or false: always or never, as for lm-eval's HF backend), `mesh`
+(e.g. `data:4/tensor:2`; default every device on `data`).
 Requests are scored as lm-eval's Hugging Face backend scores them (the same context /
 continuation split, BOS handling, left truncation and rolling windows), through the
 project's shared-context scorer.
@@ -42,6 +44,21 @@ def _flag(value: Any) -> bool:
     return text in ("true", "1")
 
 
+def encode_text(tokenizer: Any, text: str, add_bos_token: bool | None,
+                add_special_tokens: bool | None = None) -> list[int]:
+    """Ids of `text` with BOS where lm-eval's HF backend puts it. Its tokenizer adds BOS when
+    `add_bos_token` says so, unset: when the model's tokenizer adds it to text (transformers'
+    `add_bos_token`, which e.g. SmolLM2's does not); and only under `add_special_tokens`
+    (unset: true, unless the text already starts with the BOS piece)."""
+    bos = tokenizer.bos_id
+    adds = tokenizer.add_bos_token if add_bos_token is None else add_bos_token
+    special = True if add_special_tokens is None else add_special_tokens
+    if add_special_tokens is None and bos >= 0 and text.startswith(tokenizer.id_to_piece(bos)):
+        special = False
+    ids = tokenizer.encode(text)
+    return [bos, *ids] if special and adds and bos >= 0 else ids
+
+
 def _mesh_shape(spec: str) -> dict[str, int]:
     """'data:4/tensor:2' → {'data': 4, 'tensor': 2} (lm-eval splits model_args at commas)."""
     shape = {}
@@ -59,7 +76,7 @@ class LLMLM(TemplateLM):
     generate_until."""
 
     def __init__(self, init_from: str = "", batch_size: int | str = 32,
-                 max_length: int | None = None, add_bos_token: Any = True, mesh: str = "",
+                 max_length: int | None = None, add_bos_token: Any = None, mesh: str = "",
                  max_batch_size: Any = None, device: Any = None, **unknown: Any):
         super().__init__()
         if unknown:
@@ -72,12 +89,12 @@ class LLMLM(TemplateLM):
             batch_size = 32  # a fixed batch: padded shapes compile once
         from llm.eval.runner import EvalModel, make_mesh
 
+        self.add_bos_token = None if add_bos_token is None else _flag(add_bos_token)
         mesh_obj = make_mesh(_mesh_shape(mesh) if mesh else {"data": -1})
         self.model = EvalModel.load(init_from, mesh_obj, batch_size=int(batch_size),
                                     max_len=int(max_length) if max_length else None,
-                                    add_bos=_flag(add_bos_token))
+                                    add_bos=self.add_bos_token is not False)
         self.tokenizer = self.model.tokenizer
-        self.add_bos_token = self.model.add_bos
 
     # ----- tokens ---------------------------------------------------------------------------
     @property
@@ -97,13 +114,8 @@ class LLMLM(TemplateLM):
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any
                    ) -> list[int]:
-        """Ids of `string`; BOS when `add_special_tokens` (default: add_bos_token, unless
-        the text already starts with the BOS piece)."""
-        add = self.add_bos_token if add_special_tokens is None else add_special_tokens
-        if add_special_tokens is None and self.tokenizer.bos_id >= 0 and string.startswith(
-                self.tokenizer.id_to_piece(self.tokenizer.bos_id)):
-            add = False
-        return self.tokenizer.encode(string, add_bos=bool(add) and self.tokenizer.bos_id >= 0)
+        """Ids of `string`, BOS as lm-eval's HF backend adds it (`encode_text`)."""
+        return encode_text(self.tokenizer, string, self.add_bos_token, add_special_tokens)
 
     def tok_decode(self, ids: list[int]) -> str:
         """Text of ids."""
