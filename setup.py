@@ -31,12 +31,13 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6"],
-        # The peers the tests compare against, never imported by the package: TRL's losses
-        # (reward, DPO, KTO, GRPO), lm-evaluation-harness's HF backend, datatrove's quality
-        # filters (with spaCy, its English word splitter), and Playwright to drive the
-        # system's Chromium for the labelling page.
+        # The peers the tests and benchmarks compare against, never imported by the package:
+        # TRL's losses (reward, DPO, KTO, GRPO), lm-evaluation-harness's HF backend,
+        # datatrove's quality filters (with spaCy, its English word splitter), Playwright to
+        # drive the system's Chromium for the labelling page, and peft (the real-model LoRA
+        # benchmark's peer).
         "peers": ["trl==1.16.*", "lm-eval==0.4.*", "datatrove==0.10.*", "spacy==3.8.*",
-                  "playwright==1.65.*"],
+                  "playwright==1.65.*", "peft==0.22.*"],
         # torch>=2.4,<2.14 is met by the CPU build 2.13.0 kept on the dev machines; a bare
         # `torch` would pull the multi-GB CUDA build.
         # gguf: transformers' GGUF reader (the real-model tests' SmolLM2 ships as a GGUF file).
