@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from llm import loading as checkpoint  # noqa: E402
 from llm import losses, sharding  # noqa: E402 - after the importorskip guards
+from llm.config import load_config  # noqa: E402
 from llm.hf import convert as hf  # noqa: E402
 from llm.train.loop import train  # noqa: E402
 
@@ -119,3 +120,23 @@ def test_a_base_with_another_architecture_is_refused(hf_model, tmp_path):
                        match=r"model.norm_eps=1e-06 \(init_from has 1e-05\); "
                              r"model.rope_theta=500000.0 \(init_from has 10000.0\)"):
         train(config, SyntheticTask(config))
+
+
+def test_model_init_from_takes_the_bases_architecture(hf_model, tmp_path):
+    import dataclasses
+
+    from llm.train import checks
+
+    path, _ = hf_model
+    config = load_config("configs/sft.py:lora,model=init_from",
+                         [f"init_from=hf:{path}", f"workdir={tmp_path}", "model.remat=full"])
+    got = checks.model_config(config)
+    loaded = checkpoint.load_model(f"hf:{path}").model_cfg
+    keep = set(checks.RUN_MODEL_KEYS)
+    assert {k: v for k, v in dataclasses.asdict(got).items() if k not in keep} == {
+        k: v for k, v in dataclasses.asdict(loaded).items() if k not in keep}
+    assert got.remat == "full"  # a run setting stays the run's
+    config = load_config("configs/sft.py:model=init_from", [f"workdir={tmp_path}"])
+    with pytest.raises(ValueError, match="model=init_from takes the architecture of "
+                                         "init_from, and init_from is empty"):
+        checks.model_config(config)
