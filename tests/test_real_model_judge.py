@@ -1,5 +1,5 @@
 """The AI judge (`scripts/label.py --config.mode=ai`) with SmolLM2-135M-Instruct
-(tests/smollm2.py) as judge: its prompt is the model's own chat template, and on 32 pairs
+(llm/demo/smollm2) as judge: its prompt is the model's own chat template, and on 32 pairs
 under a principle a program checks ("the shorter answer is better") it agrees with the
 program.
 
