@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct (tests/smollm2.py) under `python -m llm.eval.lm_eval --model llm
+"""SmolLM2-135M-Instruct (llm/demo/smollm2) under `python -m llm.eval.lm_eval --model llm
 --model_args init_from=hf:DIR` scores a local multiple-choice task as lm-eval's own Hugging
 Face backend does on the same directory: per-choice log-likelihoods within 1e-4 (+1e-5
 relative), the same acc and acc_norm.
