@@ -51,9 +51,8 @@ def main(argv: list[str]) -> None:
     host_memory.retain_freed_memory()
     stages, names, workdir = STAGES, _STAGES.value, _WORKDIR.value
     if _MODEL.value == "smollm2":
-        from llm.demo import smollm2
+        from llm.demo.smollm2.stages import STAGES as stages
 
-        stages = smollm2.stages()
         names = list(stages) if _STAGES.present == 0 else names
         workdir = workdir if _WORKDIR.present else "runs/demo-smollm2"
     unknown = [s for s in names if s not in stages]

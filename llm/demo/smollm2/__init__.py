@@ -8,19 +8,3 @@ table says what each stage changed, and what it did not.
 """
 
 from __future__ import annotations
-
-import pathlib
-
-HF_DIR = "smollm2-hf"  # the import stage's Hugging Face directory, under the demo's workdir
-
-
-def hf_dir(workdir: pathlib.Path) -> pathlib.Path:
-    """The imported model's Hugging Face directory under a demo workdir."""
-    return workdir / HF_DIR
-
-
-def stages():
-    """The real-model demo's stages in run order (imported when asked for)."""
-    from llm.demo.smollm2 import chat, evaluate, import_model, sft
-
-    return {stage.NAME: stage for stage in (import_model, chat, sft, evaluate)}

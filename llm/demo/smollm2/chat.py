@@ -12,7 +12,7 @@ QUESTIONS = ["What is the capital of France?", "What is the capital of Zarbonia?
 
 def run(ctx: Context) -> dict:
     """The imported model's replies to a few questions (one is the fact SFT will teach)."""
-    from llm.demo.smollm2 import hf_dir
+    from llm.demo.smollm2.model import hf_dir
     from llm.demo.smollm2.replies import chat_replies
 
     replies = chat_replies(f"hf:{hf_dir(ctx.workdir)}", QUESTIONS, max_new_tokens=40)

@@ -33,7 +33,7 @@ def measure(init_from: str) -> dict:
 
 def run(ctx: Context) -> dict:
     """Measure the imported model and each stage's model that exists in the workdir."""
-    from llm.demo.smollm2 import hf_dir
+    from llm.demo.smollm2.model import hf_dir
 
     rows = {"base": measure(f"hf:{hf_dir(ctx.workdir)}")}
     for name in MODELS:

@@ -12,7 +12,8 @@ DESCRIPTION = "SmolLM2-135M-Instruct from its GGUF file to a Hugging Face direct
 def run(ctx: Context) -> dict:
     """Build the HF directory once; its model config and tokenizer as this project reads them."""
     from llm.data.tokenizer import Tokenizer
-    from llm.demo.smollm2 import hf_dir, model
+    from llm.demo.smollm2 import model
+    from llm.demo.smollm2.model import hf_dir
     from llm.hf.convert import hf_model_config
 
     path = model.build(hf_dir(ctx.workdir))

