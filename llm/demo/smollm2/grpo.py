@@ -72,7 +72,8 @@ def held_out_reward(init_from: str, questions: Sequence[str], seed: int
 def run(ctx: Context) -> dict:
     """Train from the imported model; held-out reward and words before and after (seed 0)."""
     from llm.demo.measure import metric_rows
-    from llm.demo.smollm2 import data, hf_dir
+    from llm.demo.smollm2 import data
+    from llm.demo.smollm2.model import hf_dir
 
     files = data.write_all(ctx.workdir / "data")
     workdir, base = ctx.workdir / "grpo", hf_dir(ctx.workdir)

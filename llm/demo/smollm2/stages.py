@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from llm.demo.smollm2 import chat, evaluate, import_model, sft
+from llm.demo.smollm2 import chat, evaluate, grpo, import_model, sft
 
 STAGES: dict[str, ModuleType] = {stage.NAME: stage for stage in (
     import_model,
     chat,
     sft,
+    grpo,
     evaluate,
 )}
