@@ -18,9 +18,10 @@ DESCRIPTION = "LoRA GRPO on 32 prompts with a reward module of the user's own: r
 # The recipe tests/test_real_model_grpo.py proves: 4 prompts x G = 4 per update, lr 1e-3,
 # 4 updates. Held-out reward (seeds 0/1/2): base -0.148 / -0.422 / -0.156 (threshold mean +
 # 2 x spread = 0.305); after training seeds 0/1/2 means 0.93 / 0.80 / 0.94 at 5.9-6.4 words
-# (3 updates: 0.87 on training seed 0). At lr 3e-4 the training reward took 13 updates to
-# pass 0.75. Most base rollouts stop at the 24-token cap (75%), each scored on its cut text:
-# ~18 words, past the reward's floor (16 words), so the cap changes no reward much.
+# (3 updates: 0.87 / 0.59 / 0.81, half the margin for one step less; 6 updates: 1.00 at 5.2
+# words). At lr 3e-4 the training reward took 13 updates to pass 0.75. Most base rollouts
+# stop at the 24-token cap (75%), each scored on its cut text: ~18 words, past the reward's
+# floor (16 words), so the cap changes no reward much.
 STEPS = 4
 SETTINGS = ["batch_size=16", "grpo.num_generations=4", "rl.max_prompt_length=48",
             "rl.max_completion_length=24", "optim.lr=1e-3", "log.every_steps=1",
