@@ -36,11 +36,12 @@ WARMUP = 2
 
 
 def rows_file(root: pathlib.Path) -> pathlib.Path:
-    """Chat rows enough to fill every packed batch: the demo's questions and fact."""
+    """The demo's 64 question/reply chats (packed, they fill a batch of 8 x 256 once and
+    a half; the loop cycles through them)."""
     from llm.demo.smollm2 import data
 
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q, a in data.QUESTIONS] * 8
+            for q, a in data.QUESTIONS]
     return data.write_jsonl(root / "chats.jsonl", rows)
 
 
