@@ -2,6 +2,7 @@
 tokens and chat template as transformers uses them, so chat sampling gives transformers' replies."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def test_sample_py_chat_replies_equal_transformers(smollm2_dir, tmp_path):
          f"--config.init_from=hf:{smollm2_dir}", f"--config.prompts_file={rows}",
          f"--config.output_file={out}", "--config.temperature=0",
          f"--config.max_new_tokens={MAX_NEW}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, XLA_FLAGS=""))  # one CPU device, as a user samples
     assert proc.returncode == 0, proc.stderr[-2000:]
     ours = [json.loads(line) for line in out.read_text().splitlines()]
     theirs = transformers_replies(smollm2_dir)

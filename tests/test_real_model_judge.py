@@ -145,7 +145,7 @@ def test_judge_agrees_with_a_program_on_which_answer_is_shorter(smollm2_dir, tmp
          # the 135M judge's |s| is ~0.03: the default 0.1 would skip most pairs
          "--config.label.min_confidence=0.0"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})  # one device
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = {r["id"]: r for r in read_jsonl(out / "judgements.jsonl")}
     assert len(records) == len(rows)
