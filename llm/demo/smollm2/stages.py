@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from llm.demo.smollm2 import chat, evaluate, grpo, import_model, sft
+from llm.demo.smollm2 import chat, dpo, evaluate, grpo, import_model, sft
 
 STAGES: dict[str, ModuleType] = {stage.NAME: stage for stage in (
     import_model,
     chat,
     sft,
+    dpo,
     grpo,
     evaluate,
 )}
