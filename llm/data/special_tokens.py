@@ -43,7 +43,8 @@ class SpecialTokens:
     chat_template_source: str  # the file it came from, for error messages
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def read_json(path: pathlib.Path) -> dict:
+    """A JSON object file, or DataError naming the file (and line) when it is not one."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -84,7 +85,7 @@ def _generation_eos(directory: pathlib.Path) -> list[int]:
     path = directory / GENERATION_FILE
     if not path.is_file():
         return []
-    value = _read_json(path).get("eos_token_id")
+    value = read_json(path).get("eos_token_id")
     values = value if isinstance(value, list) else [] if value is None else [value]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise DataError(f"eos_token_id: expected an int or a list of ints, got {value!r}",
@@ -101,11 +102,11 @@ def read_special_tokens(directory: pathlib.Path, token_id: Callable[[str], int],
     short text with the post-processor's special tokens (None for sentencepiece-only).
     """
     config_path = directory / HF_CONFIG_FILE
-    config = _read_json(config_path) if config_path.is_file() else {}
+    config = read_json(config_path) if config_path.is_file() else {}
     texts = {k: _token_text(config.get(k), config_path, k) for k in NAMES}
     map_path = directory / SPECIAL_MAP_FILE
     if map_path.is_file() and "added_tokens_decoder" not in config:
-        special_map = _read_json(map_path)
+        special_map = read_json(map_path)
         for k in NAMES:
             if special_map.get(k) is not None:
                 texts[k] = _token_text(special_map[k], map_path, k)

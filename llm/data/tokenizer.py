@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 
 from llm.data import DataError
-from llm.data.special_tokens import HF_CONFIG_FILE, read_special_tokens
+from llm.data.special_tokens import HF_CONFIG_FILE, read_json, read_special_tokens
 
 OUR_FILE = "llm_tokenizer.json"
 SPM_FILE = "tokenizer.model"
@@ -47,24 +47,14 @@ ROLE_TOKENS = {
 DEFAULT_CHAT_TEMPLATE = {"format": "role_tokens", "separator": "\n"}
 
 
-def _read_json(path: pathlib.Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"invalid JSON ({e.msg})", str(path), e.lineno) from None
-    if not isinstance(value, dict):
-        raise DataError(f"expected a JSON object, got {type(value).__name__}", str(path))
-    return value
-
-
 def _our_config(directory: pathlib.Path) -> dict | None:
     """This project's metadata: llm_tokenizer.json, or (older directories) our keys in
     tokenizer_config.json; None for a plain Hugging Face directory."""
     if (directory / OUR_FILE).is_file():
-        return _read_json(directory / OUR_FILE)
+        return read_json(directory / OUR_FILE)
     legacy = directory / HF_CONFIG_FILE
     if legacy.is_file():
-        config = _read_json(legacy)
+        config = read_json(legacy)
         if "role_ids" in config and "kind" in config:
             return config
     return None
